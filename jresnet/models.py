@@ -158,7 +158,9 @@ def option_a_shortcut(x: Array, planes: int) -> Array:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a residual connection: ``relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x))``.
+    """Two 3x3 conv-BN layers plus a shortcut.
+
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
     Attributes:
       planes: output channels.

@@ -1,0 +1,49 @@
+"""The seed's recipe (kuangliu/pytorch-cifar adapted to ResNet-20).
+
+ResNet-20 with option B shortcuts, batch 128, SGD lr 0.1 with momentum 0.9 and
+coupled weight decay 1e-4, 200 epochs of cosine annealing stepped once per
+epoch, random crop (padding 4) + horizontal flip, the seed's normalisation.
+
+Override any key from the command line, e.g.
+``python train.py --workdir ckpt/ --config.num_epochs=5 --config.train_split='train[:2048]'``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Model.
+    config.model = "resnet20"  # resnet<6n+2>: resnet20, resnet32, ..., resnet1202
+    config.shortcut = "B"  # "A": zero-padding identity (paper); "B": 1x1 conv + BN (seed)
+    config.weight_init = "pytorch"  # "pytorch" (seed) or "he_normal" (paper)
+    config.dtype = "float32"  # computation dtype: "float32" or "bfloat16"
+
+    # Data (TFDS; see `python -m jresnet.prepare_data` for offline preparation).
+    config.dataset = "cifar10"  # "cifar10" or "cifar100"
+    config.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets)
+    config.train_split = "train"  # any TFDS split string, e.g. "train[:45000]"
+    config.eval_split = "test"
+    config.normalization = "cifar"  # "cifar": the seed's mean/std; "imagenet": akamaster's
+    config.augment = True  # random crop with 4-pixel zero padding + horizontal flip
+
+    # Optimisation.
+    config.batch_size = 128  # global batch, images per step
+    config.eval_batch_size = 1000
+    config.num_epochs = 200
+    config.learning_rate = 0.1
+    config.momentum = 0.9  # PyTorch-style heavy ball, no dampening
+    config.weight_decay = 1e-4  # coupled L2, added to the gradient of every parameter
+    config.schedule = "cosine_epoch"  # "cosine_epoch" | "cosine" | "multistep" | "constant"
+    config.lr_boundaries = (32000, 48000)  # multistep: steps where lr is divided by 10
+    config.warmup_steps = 0  # multistep: steps at warmup_learning_rate first (ResNet-110)
+    config.warmup_learning_rate = 0.01
+
+    # Run.
+    config.seed = 0
+    config.checkpoints_to_keep = 3  # latest checkpoints kept, besides the best one
+    config.eval_only = False  # evaluate the latest checkpoint in --workdir and exit
+    config.init_from = ""  # PyTorch checkpoint file or jresnet workdir to start from
+    config.log_every_steps = 50  # progress line frequency within an epoch
+    return config
