@@ -1,0 +1,35 @@
+"""Runs a configured job and turns expected failures into a message and an exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import ml_collections
+
+from jresnet import checkpoint, input_pipeline, train
+
+# Failures caused by the user's input or environment: a message, no traceback.
+EXPECTED_ERRORS = (
+    train.ConfigError,
+    train.TrainingDivergedError,
+    checkpoint.CheckpointError,
+    input_pipeline.DatasetNotFoundError,
+)
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """Trains or evaluates as ``config`` says; returns the process exit code."""
+    try:
+        train.train_and_evaluate(config, workdir)
+    except train.TrainingDivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # e.g. a split string TFDS rejects
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

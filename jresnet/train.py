@@ -1,0 +1,591 @@
+"""Training and evaluation: the train state, pure step functions, and the loop.
+
+The recipe is the seed's PyTorch one, operation for operation:
+
+* ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum))`` is
+  PyTorch's ``SGD(lr, momentum, weight_decay=wd)``: coupled L2 on every
+  parameter (BN scale/bias and biases included), heavy-ball momentum with no
+  dampening, and the first momentum buffer equal to the first gradient.
+* Softmax cross-entropy averaged over the batch.
+* BatchNorm running statistics as PyTorch keeps them (see `jresnet.models`).
+* One difference, by design: the last partial batch of each (shuffled) epoch is
+  dropped, so every step has the same shape (390 steps per epoch on 50,000
+  images at batch 128, where PyTorch's DataLoader makes 391 with a last batch
+  of 80).
+
+Step functions are pure (state in, state out) and take ``axis_name``: None
+under `jax.jit`; a device axis name under `jax.pmap` or `shard_map`, where
+gradients, metrics and BatchNorm statistics are averaged over that axis.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jresnet import checkpoint, input_pipeline, models, reporting
+
+SCHEDULES = ("cosine_epoch", "cosine", "multistep", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """The config asks for something jresnet can't do; the message says what to change."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training: a pytree, so it passes through jit/pmap.
+
+    Attributes:
+      step: number of optimizer steps taken (int32 scalar).
+      params: model parameters, float32.
+      batch_stats: BatchNorm running means and (unbiased) variances.
+      opt_state: optax state (the momentum buffer).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "params": self.params,
+            "batch_stats": self.batch_stats,
+            "opt_state": self.opt_state,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainState:
+        return cls(
+            step=jnp.asarray(d["step"], jnp.int32),
+            params=d["params"],
+            batch_stats=d["batch_stats"],
+            opt_state=d["opt_state"],
+        )
+
+
+# --------------------------------------------------------------------------
+# Learning rate and optimizer.
+
+
+def create_learning_rate_fn(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
+    """The learning rate as a function of the optimizer step (0-based).
+
+    * ``cosine_epoch`` (the seed's ``CosineAnnealingLR(T_max=num_epochs)`` stepped
+      once per epoch): ``lr * (1 + cos(pi * epoch / num_epochs)) / 2`` with
+      ``epoch = step // steps_per_epoch``.
+    * ``cosine``: the same per step, over ``num_epochs * steps_per_epoch`` steps.
+    * ``multistep`` (the paper's): ``lr`` divided by 10 at each of
+      ``lr_boundaries`` (in steps), after ``warmup_steps`` at
+      ``warmup_learning_rate``.
+    * ``constant``.
+    """
+    base = config.learning_rate
+    num_epochs = config.num_epochs
+    total_steps = num_epochs * steps_per_epoch
+
+    if config.schedule == "cosine_epoch":
+
+        def schedule(step):
+            epoch = step // steps_per_epoch
+            return 0.5 * base * (1.0 + jnp.cos(jnp.pi * epoch / num_epochs))
+
+    elif config.schedule == "cosine":
+
+        def schedule(step):
+            return 0.5 * base * (1.0 + jnp.cos(jnp.pi * step / total_steps))
+
+    elif config.schedule == "multistep":
+        boundaries = jnp.asarray(tuple(config.lr_boundaries), jnp.int32)
+        warmup_steps = config.warmup_steps
+        warmup_lr = config.warmup_learning_rate
+
+        def schedule(step):
+            passed = jnp.sum(step >= boundaries)
+            lr = base * jnp.power(0.1, passed)
+            return jnp.where(step < warmup_steps, warmup_lr, lr)
+
+    elif config.schedule == "constant":
+
+        def schedule(step):
+            return jnp.full((), base, jnp.float32) + 0 * step
+
+    else:
+        raise ConfigError(f"unknown schedule {config.schedule!r}: choose one of {SCHEDULES}")
+    return schedule
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
+    """PyTorch's ``SGD(lr, momentum, weight_decay)``: coupled L2, then heavy-ball momentum."""
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=False),
+    )
+
+
+def create_train_state(
+    key: jax.Array, model: models.ResNet, tx: optax.GradientTransformation
+) -> TrainState:
+    """Initialises parameters (from ``key``), BN statistics and optimizer state."""
+    variables = jax.jit(model.init, static_argnames="train")(
+        key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False
+    )
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+
+# --------------------------------------------------------------------------
+# Step functions.
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy; ``logits [B, C]`` float, ``labels [B]`` int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on a batch; pure, so it runs under jit, pmap and shard_map alike.
+
+    Args:
+      state: the current `TrainState`.
+      batch: ``"image"`` float NHWC ``[B, 32, 32, 3]`` (normalised, augmented)
+        and ``"label"`` int ``[B]``; under ``axis_name``, this device's shard.
+      model: the network; its ``axis_name`` is replaced by this one.
+      tx: the optimizer; ``learning_rate_fn`` only feeds the metrics.
+      axis_name: device axis to average gradients, metrics and BatchNorm batch
+        statistics over (synchronised BatchNorm), or None for one device.
+
+    Returns:
+      ``(new_state, metrics)`` with metrics ``loss``, ``accuracy`` (batch means)
+      and ``learning_rate`` (the one this step used).
+    """
+    model = model.clone(axis_name=axis_name)
+
+    def loss_fn(params):
+        logits, new_model_state = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = cross_entropy_loss(logits, batch["label"])
+        return loss, (logits, new_model_state["batch_stats"])
+
+    grads, (logits, new_batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    # jax.grad of the mean loss; recompute the loss value cheaply from the logits.
+    loss = cross_entropy_loss(logits, batch["label"])
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+    metrics = {"loss": loss, "accuracy": accuracy}
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        metrics = jax.lax.pmean(metrics, axis_name)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    metrics["learning_rate"] = learning_rate_fn(state.step)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=new_params,
+        batch_stats=new_batch_stats,
+        opt_state=new_opt_state,
+    )
+    return new_state, metrics
+
+
+def eval_step(
+    variables: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    *,
+    model: models.ResNet,
+    axis_name: str | None = None,
+) -> dict[str, jax.Array]:
+    """Sums of loss and correct predictions over the real (``mask``-ed) examples of a batch.
+
+    ``batch``: ``"image"`` float NHWC, ``"label"`` int ``[B]``, ``"mask"`` ``[B]``
+    (1 for real examples, 0 for padding). Returns ``loss_sum``, ``correct`` and
+    ``count``, summed over ``axis_name`` when given, so that a whole split's
+    metrics are exact whatever the batch and device count.
+    """
+    logits = model.apply(dict(variables), batch["image"], train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    sums = {
+        "loss_sum": jnp.sum(losses * mask),
+        "correct": jnp.sum((jnp.argmax(logits, axis=-1) == batch["label"]) * mask),
+        "count": jnp.sum(mask),
+    }
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums
+
+
+def make_train_fn(
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    augment: bool,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted driver: ``(state, images_uint8, labels, key) -> (state, metrics)``.
+
+    Augments (or only normalises) the uint8 batch on device from ``key``, then
+    runs `train_step`. ``state`` is donated: its buffers are reused.
+    """
+    step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn)
+
+    def run(state, images, labels, key):
+        if augment:
+            x = input_pipeline.augment(key, images, mean, std)
+        else:
+            x = input_pipeline.normalize(images, mean, std)
+        return step(state, {"image": x, "label": labels})
+
+    return jax.jit(run, donate_argnums=0)
+
+
+def make_eval_fn(
+    model: models.ResNet, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> Callable[..., dict[str, jax.Array]]:
+    """The jitted driver: ``(variables, images_uint8, labels, mask) -> sums``."""
+
+    def run(variables, images, labels, mask):
+        x = input_pipeline.normalize(images, mean, std)
+        return eval_step(variables, {"image": x, "label": labels, "mask": mask}, model=model)
+
+    return jax.jit(run)
+
+
+def evaluate(
+    eval_fn: Callable[..., dict[str, jax.Array]],
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+) -> dict[str, float]:
+    """Loss and accuracy over every example of a split (the last batch padded and masked)."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch_images, batch_labels, mask in input_pipeline.eval_batches(images, labels, batch_size):
+        sums = eval_fn(variables, batch_images, batch_labels, mask)
+        totals = {k: totals[k] + sums[k] for k in totals}
+    totals = {k: float(v) for k, v in totals.items()}
+    count = max(totals["count"], 1.0)
+    return {
+        "eval_loss": totals["loss_sum"] / count,
+        "eval_accuracy": totals["correct"] / count,
+        "eval_count": int(totals["count"]),
+    }
+
+
+# --------------------------------------------------------------------------
+# Config checks.
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` with an actionable message for any unusable value."""
+    problems = []
+    try:
+        models.create_model(config.model)
+    except ValueError as e:
+        problems.append(f"--config.model: {e}")
+    if config.shortcut not in ("A", "B"):
+        problems.append(f'--config.shortcut must be "A" or "B", got {config.shortcut!r}')
+    if config.weight_init not in models.KERNEL_INITS:
+        problems.append(
+            f"--config.weight_init must be one of {sorted(models.KERNEL_INITS)}, "
+            f"got {config.weight_init!r}"
+        )
+    if config.dataset not in input_pipeline.DATASETS:
+        problems.append(
+            f"--config.dataset must be one of {sorted(input_pipeline.DATASETS)}, "
+            f"got {config.dataset!r}"
+        )
+    if config.normalization not in input_pipeline.NORMALIZATIONS:
+        problems.append(
+            f"--config.normalization must be one of {sorted(input_pipeline.NORMALIZATIONS)}, "
+            f"got {config.normalization!r}"
+        )
+    if config.dtype not in DTYPES:
+        problems.append(f"--config.dtype must be one of {DTYPES}, got {config.dtype!r}")
+    if config.schedule not in SCHEDULES:
+        problems.append(f"--config.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+    for key in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps"):
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            problems.append(f"--config.{key} must be a positive integer, got {value!r}")
+    for key in ("learning_rate", "momentum", "weight_decay"):
+        value = config.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            problems.append(f"--config.{key} must be a finite number >= 0, got {value!r}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates ``workdir`` if needed and returns its absolute path; clear errors otherwise."""
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--workdir {workdir!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir!r} can't be created: {e.strerror}") from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir!r} is not writable")
+    return path
+
+
+# --------------------------------------------------------------------------
+# Initial weights.
+
+
+def load_initial_variables(
+    config: ml_collections.ConfigDict, template: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Variables for ``--config.init_from``: a PyTorch checkpoint file or a jresnet workdir.
+
+    ``template`` (freshly initialised variables) fixes the expected structure;
+    any difference in names or shapes is an error that names them.
+    """
+    source = os.path.expanduser(config.init_from)
+    if os.path.isdir(source):
+        saved = checkpoint.load_config(source)
+        checkpoint.check_compatible(saved, config, source)
+        _, variables = checkpoint.load_model(source)
+    elif os.path.isfile(source):
+        from jresnet import convert  # needs torch, an optional dependency
+
+        state_dict = convert.load_torch_checkpoint(source)
+        variables = convert.torch_to_flax(state_dict, shortcut=config.shortcut)
+    else:
+        raise ConfigError(
+            f"--config.init_from {config.init_from!r} is neither a PyTorch checkpoint file "
+            "nor a jresnet work directory"
+        )
+    expected = jax.tree.map(np.shape, dict(template))
+    got = jax.tree.map(np.shape, dict(variables))
+    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+        raise ConfigError(
+            f"--config.init_from {config.init_from!r} does not fit --config.model="
+            f"{config.model} shortcut={config.shortcut} dataset={config.dataset}: "
+            "the variable names or shapes differ"
+        )
+    return jax.tree.map(jnp.asarray, dict(variables))
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+
+def _restore_or_init(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    manager: Any,
+    state: TrainState,
+) -> TrainState:
+    restored = checkpoint.restore_latest(manager, target=state.to_dict())
+    if restored is not None:
+        step, state_dict, saved_config = restored
+        checkpoint.check_compatible(saved_config, config, workdir)
+        if "opt_state" not in state_dict:
+            raise checkpoint.CheckpointError(
+                f"{workdir} holds converted weights, not a training run; start training from "
+                f"them with --config.init_from={workdir} and another --workdir"
+            )
+        reporting.info(f"Resuming from the checkpoint at step {step} in {manager.directory}")
+        return TrainState.from_dict(state_dict)
+    if config.init_from:
+        variables = load_initial_variables(
+            config, {"params": state.params, "batch_stats": state.batch_stats}
+        )
+        reporting.info(f"Initialised from {config.init_from}")
+        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    return state
+
+
+def _check_finite(metrics: Mapping[str, float], epoch: int, step: int) -> None:
+    if not math.isfinite(metrics["loss"]):
+        raise TrainingDivergedError(
+            f"loss is {metrics['loss']} at epoch {epoch + 1}, step {step}: training diverged. "
+            "The checkpoints saved so far are intact; lower --config.learning_rate or check "
+            "the data."
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates each epoch.
+
+    Returns the final summary: ``final_eval_accuracy``, ``best_eval_accuracy``,
+    ``best_epoch``, ``epochs``, ``steps``, ``wall_time_s``.
+    """
+    start_time = time.time()
+    validate_config(config)
+    workdir = prepare_workdir(workdir)
+    data_dir = config.data_dir or None
+    mean, std = input_pipeline.NORMALIZATIONS[config.normalization]
+
+    if config.eval_only:
+        return _evaluate_only(config, workdir)
+
+    model = checkpoint.model_from_config(config)
+    eval_fn = make_eval_fn(model, mean, std)
+    eval_images, eval_labels = input_pipeline.load_split(config.dataset, config.eval_split, data_dir)
+
+    train_images, train_labels = input_pipeline.load_split(
+        config.dataset, config.train_split, data_dir
+    )
+    num_train = len(train_labels)
+    steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
+    total_steps = steps_per_epoch * config.num_epochs
+    learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+    tx = create_optimizer(config, learning_rate_fn)
+
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    state = create_train_state(init_key, model, tx)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+    manager = checkpoint.create_manager(workdir, keep=config.checkpoints_to_keep)
+    state = _restore_or_init(config, workdir, manager, state)
+    start_step = int(state.step)
+    start_epoch = start_step // steps_per_epoch
+    if start_step % steps_per_epoch:
+        raise checkpoint.CheckpointError(
+            f"the checkpoint at step {start_step} is not at an epoch boundary of "
+            f"{steps_per_epoch} steps: was --config.batch_size or --config.train_split changed?"
+        )
+
+    log = reporting.MetricsLog(workdir, start_epoch)
+    reporting.info(
+        f"{config.model} (shortcut {config.shortcut}, {num_params:,} params) on {config.dataset} "
+        f"{config.train_split} ({num_train:,} images), eval on {config.eval_split} "
+        f"({len(eval_labels):,}); {config.num_epochs} epochs x {steps_per_epoch} steps of "
+        f"{config.batch_size}; {jax.device_count()} {jax.devices()[0].platform} device(s); "
+        f"workdir {workdir}"
+    )
+    train_fn = make_train_fn(model, tx, learning_rate_fn, mean, std, config.augment)
+    progress = reporting.Progress(total_steps, start_step, config.batch_size)
+
+    summary: dict[str, Any] = {}
+    try:
+        for epoch in range(start_epoch, config.num_epochs):
+            order = input_pipeline.epoch_permutation(config.seed, epoch, num_train)
+            epoch_start = time.time()
+            sums = None
+            for i in range(steps_per_epoch):
+                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+                step_key = jax.random.fold_in(train_key, state.step)
+                state, metrics = train_fn(state, train_images[idx], train_labels[idx], step_key)
+                sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+                if (i + 1) % config.log_every_steps == 0 and i + 1 < steps_per_epoch:
+                    current = {k: float(v) / (i + 1) for k, v in sums.items()}
+                    _check_finite(current, epoch, i + 1)
+                    progress.update(epoch, config.num_epochs, i + 1, steps_per_epoch, current)
+            train_metrics = {f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()}
+            train_metrics["learning_rate"] = float(metrics["learning_rate"])
+            _check_finite({"loss": train_metrics["train_loss"]}, epoch, steps_per_epoch)
+            epoch_time = time.time() - epoch_start
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            eval_metrics = evaluate(
+                eval_fn, variables, eval_images, eval_labels, config.eval_batch_size
+            )
+            record = {
+                "epoch": epoch + 1,
+                "step": int(state.step),
+                **train_metrics,
+                **eval_metrics,
+                "images_per_s": steps_per_epoch * config.batch_size / epoch_time,
+                "epoch_time_s": epoch_time,
+            }
+            checkpoint.save(
+                manager,
+                int(state.step),
+                state.to_dict(),
+                config,
+                {"eval_accuracy": eval_metrics["eval_accuracy"]},
+            )
+            log.write(record)
+            progress.epoch_done(record, config.num_epochs)
+        summary = log.summary(time.time() - start_time)
+        reporting.info(reporting.format_summary(summary))
+        log.plot()
+    finally:
+        log.close()
+        manager.close()
+    return summary
+
+
+def _evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``--config.eval_only``: eval metrics of the latest checkpoint in ``workdir``.
+
+    If ``workdir`` has no checkpoints, ``--config.init_from`` (a jresnet work
+    directory or a PyTorch checkpoint file) is evaluated instead. A jresnet
+    checkpoint is evaluated with its own saved model, dataset and normalisation;
+    the split, data_dir and batch size come from the current config.
+    """
+    source = workdir
+    if not os.path.isdir(checkpoint.checkpoint_dir(workdir)) and config.init_from:
+        source = os.path.expanduser(config.init_from)
+    if os.path.isdir(source):
+        _, variables = checkpoint.load_model(source)
+        saved = checkpoint.load_config(source)
+        model_config = config.copy_and_resolve_references()
+        for key in (*checkpoint.ARCHITECTURE_KEYS, "weight_init", "dtype", "normalization"):
+            if key in saved:
+                model_config[key] = saved[key]
+    else:
+        model_config = config
+        template = jax.eval_shape(
+            lambda: checkpoint.model_from_config(config).init(
+                jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+            )
+        )
+        variables = load_initial_variables(config, template)
+    mean, std = input_pipeline.NORMALIZATIONS[model_config.normalization]
+    eval_fn = make_eval_fn(checkpoint.model_from_config(model_config), mean, std)
+    images, labels = input_pipeline.load_split(
+        model_config.dataset, config.eval_split, config.data_dir or None
+    )
+    metrics = evaluate(eval_fn, variables, images, labels, config.eval_batch_size)
+    reporting.info(
+        f"{source}: {model_config.model} (shortcut {model_config.shortcut}) on "
+        f"{model_config.dataset} {config.eval_split}: accuracy "
+        f"{100 * metrics['eval_accuracy']:.2f}% ({metrics['eval_count']:,} images), "
+        f"loss {metrics['eval_loss']:.4f}"
+    )
+    print(json.dumps(metrics), file=sys.stdout, flush=True)
+    return metrics
