@@ -132,7 +132,9 @@ def restore_latest(
             state = restore_state(manager, step, target)
         except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
             errors.append(f"step {step}: {type(e).__name__}: {e}")
-            log.warning("Checkpoint at step %d is unreadable (%s); trying the previous one.", step, e)
+            log.warning(
+                "Checkpoint at step %d is unreadable (%s); trying the previous one.", step, e
+            )
             continue
         if errors:
             log.warning("Resuming from step %d; newer checkpoints were unreadable.", step)
@@ -233,7 +235,9 @@ def load_model(
     return model, {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def load_config(workdir: str | os.PathLike[str], step: int | None = None) -> ml_collections.ConfigDict:
+def load_config(
+    workdir: str | os.PathLike[str], step: int | None = None
+) -> ml_collections.ConfigDict:
     """The config saved with a checkpoint (default: the latest) of ``workdir``."""
     with create_manager(workdir, read_only=True) as manager:
         steps = manager.all_steps()

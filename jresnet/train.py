@@ -464,7 +464,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     model = checkpoint.model_from_config(config)
     eval_fn = make_eval_fn(model, mean, std)
-    eval_images, eval_labels = input_pipeline.load_split(config.dataset, config.eval_split, data_dir)
+    eval_images, eval_labels = input_pipeline.load_split(
+        config.dataset, config.eval_split, data_dir
+    )
 
     train_images, train_labels = input_pipeline.load_split(
         config.dataset, config.train_split, data_dir

@@ -1,0 +1,214 @@
+"""jresnet.train: schedules, optimizer and steps against PyTorch; config checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jresnet import models, train
+from jresnet.configs import default
+
+torch = pytest.importorskip("torch")
+
+from jresnet import convert  # noqa: E402  (needs torch)
+from tests import torch_reference  # noqa: E402
+
+
+def _config(**overrides):
+    config = default.get_config()
+    config.update(overrides)
+    return config
+
+
+def _torch_lrs(scheduler_factory, base_lr, num_calls, steps_between=1):
+    """Learning rates PyTorch uses, sampled once per optimizer step."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=base_lr)
+    scheduler = scheduler_factory(opt)
+    lrs = []
+    for call in range(num_calls):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if (call + 1) % steps_between == 0:
+            scheduler.step()
+    return np.array(lrs)
+
+
+def test_cosine_epoch_schedule_matches_torch_cosine_annealing_stepped_per_epoch():
+    epochs, steps_per_epoch = 20, 3
+    lr_fn = train.create_learning_rate_fn(
+        _config(schedule="cosine_epoch", num_epochs=epochs), steps_per_epoch
+    )
+    expected = _torch_lrs(
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+        0.1,
+        epochs * steps_per_epoch,
+        steps_between=steps_per_epoch,
+    )
+    ours = np.array([lr_fn(s) for s in range(epochs * steps_per_epoch)])
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
+    assert ours[0] == pytest.approx(0.1) and ours[steps_per_epoch - 1] == pytest.approx(0.1)
+
+
+def test_seed_schedule_values_for_200_epochs():
+    lr_fn = train.create_learning_rate_fn(_config(), steps_per_epoch=390)
+    for epoch in (0, 1, 50, 100, 199):
+        expected = 0.05 * (1 + np.cos(np.pi * epoch / 200))
+        assert float(lr_fn(epoch * 390 + 17)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cosine_per_step_schedule_matches_torch():
+    epochs, steps_per_epoch = 4, 5
+    total = epochs * steps_per_epoch
+    lr_fn = train.create_learning_rate_fn(
+        _config(schedule="cosine", num_epochs=epochs), steps_per_epoch
+    )
+    expected = _torch_lrs(
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total), 0.1, total
+    )
+    np.testing.assert_allclose([lr_fn(s) for s in range(total)], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_multistep_schedule_matches_torch_with_warmup():
+    config = _config(schedule="multistep", lr_boundaries=(30, 45), warmup_steps=4, num_epochs=6)
+    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
+    expected = _torch_lrs(
+        lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[30, 45], gamma=0.1),
+        0.1,
+        60,
+    )
+    expected[:4] = 0.01  # the paper's warm-up for ResNet-110
+    np.testing.assert_allclose([lr_fn(s) for s in range(60)], expected, rtol=1e-5)
+
+
+def test_paper_schedule_boundaries():
+    from jresnet.configs import paper
+
+    lr_fn = train.create_learning_rate_fn(paper.get_config(), steps_per_epoch=351)
+    assert float(lr_fn(31999)) == pytest.approx(0.1)
+    assert float(lr_fn(32000)) == pytest.approx(0.01)
+    assert float(lr_fn(48000)) == pytest.approx(0.001)
+
+
+def _torch_sgd_run(torch_model, images_nchw, labels, lrs):
+    """The seed's loop: SGD(momentum=0.9, weight_decay=1e-4), one lr per step."""
+    opt = torch.optim.SGD(torch_model.parameters(), lr=lrs[0], momentum=0.9, weight_decay=1e-4)
+    torch_model.train()
+    for x, y, lr in zip(images_nchw, labels, lrs, strict=True):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(torch_model(x), y)
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_three_sgd_steps_equal_pytorch(shortcut):
+    """Same weights, same batches, no augmentation: params and BN stats agree after 3 steps."""
+    torch.manual_seed(0)
+    torch_model = torch_reference.torch_resnet(8, shortcut)
+    variables = convert.torch_to_flax(torch_model.state_dict(), shortcut=shortcut)
+
+    rng = np.random.default_rng(0)
+    steps, batch = 3, 16
+    images = rng.normal(size=(steps, batch, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, size=(steps, batch))
+    config = _config(schedule="cosine_epoch", num_epochs=4, shortcut=shortcut)
+    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=1)  # lr changes every step
+    tx = train.create_optimizer(config, lr_fn)
+
+    model = models.create_model("resnet8", shortcut=shortcut)
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    state = train.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
+        opt_state=tx.init(params),
+    )
+    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn))
+    for x, y in zip(images, labels, strict=True):
+        state, metrics = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
+    assert int(state.step) == steps
+
+    _torch_sgd_run(
+        torch_model,
+        torch.from_numpy(images.transpose(0, 1, 4, 2, 3).copy()),
+        torch.from_numpy(labels),
+        [float(lr_fn(s)) for s in range(steps)],
+    )
+    expected = convert.torch_to_flax(torch_model.state_dict(), shortcut=shortcut)
+    ours = {"params": state.params, "batch_stats": state.batch_stats}
+    for path, got in jax.tree_util.tree_leaves_with_path(ours):
+        want = expected
+        for key in path:
+            want = want[key.key]
+        np.testing.assert_allclose(
+            np.asarray(got), want, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path)
+        )
+
+
+def test_optimizer_is_coupled_weight_decay_then_momentum():
+    """Two steps on a quadratic-free toy: update = -lr * (m * buf + g + wd * p)."""
+    config = _config(weight_decay=0.5, momentum=0.9)
+    tx = train.create_optimizer(config, optax.constant_schedule(0.1))
+    p = {"w": jnp.array([1.0, -2.0])}
+    g = {"w": jnp.array([0.3, 0.1])}
+    opt_state = tx.init(p)
+    buf = np.zeros(2)
+    p_np = np.array([1.0, -2.0])
+    for _ in range(2):
+        updates, opt_state = tx.update(g, opt_state, p)
+        p = optax.apply_updates(p, updates)
+        buf = 0.9 * buf + (np.array([0.3, 0.1]) + 0.5 * p_np)
+        p_np = p_np - 0.1 * buf
+    np.testing.assert_allclose(p["w"], p_np, rtol=1e-6)
+
+
+def test_eval_step_counts_only_masked_examples():
+    model = models.create_model("resnet8")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    labels = jnp.array([0, 1, 2, 3])
+    full = train.eval_step(
+        variables, {"image": x, "label": labels, "mask": jnp.ones(4)}, model=model
+    )
+    half = train.eval_step(
+        variables, {"image": x, "label": labels, "mask": jnp.array([1, 1, 0, 0])}, model=model
+    )
+    assert float(full["count"]) == 4 and float(half["count"]) == 2
+    logits = model.apply(variables, x[:2])
+    expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels[:2]).sum()
+    assert float(half["loss_sum"]) == pytest.approx(float(expected_loss), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model", "resnet21", "6n + 2"),
+        ("model", "vgg16", "unknown model"),
+        ("dataset", "mnist", "--config.dataset"),
+        ("num_epochs", 0, "--config.num_epochs must be a positive integer"),
+        ("batch_size", -1, "--config.batch_size must be a positive integer"),
+        ("schedule", "linear", "--config.schedule"),
+        ("shortcut", "C", "--config.shortcut"),
+        ("learning_rate", float("nan"), "--config.learning_rate"),
+    ],
+)
+def test_validate_config_names_the_bad_key(key, value, message):
+    config = _config()
+    config.unlock()
+    config[key] = value
+    with pytest.raises(train.ConfigError, match=message):
+        train.validate_config(config)
+
+
+def test_prepare_workdir_rejects_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("precious")
+    with pytest.raises(train.ConfigError, match="not a directory"):
+        train.prepare_workdir(str(path))
+    with pytest.raises(train.ConfigError, match="can't be created"):
+        train.prepare_workdir(str(path / "sub"))
+    assert path.read_text() == "precious"
