@@ -130,7 +130,7 @@ def restore_latest(
         try:
             config = read_config(manager, step)
             state = restore_state(manager, step, target)
-        except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
+        except Exception as e:  # any failure means "unreadable"
             errors.append(f"step {step}: {type(e).__name__}: {e}")
             log.warning(
                 "Checkpoint at step %d is unreadable (%s); trying the previous one.", step, e

@@ -37,7 +37,7 @@ def info(message: str) -> None:
 
 def format_duration(seconds: float) -> str:
     """``3725.2`` -> ``"1:02:05"``."""
-    seconds = max(int(round(seconds)), 0)
+    seconds = max(round(seconds), 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"

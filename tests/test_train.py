@@ -129,7 +129,7 @@ def test_three_sgd_steps_equal_pytorch(shortcut):
     )
     step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn))
     for x, y in zip(images, labels, strict=True):
-        state, metrics = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
+        state, _ = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
     assert int(state.step) == steps
 
     _torch_sgd_run(
