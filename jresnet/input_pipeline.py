@@ -1,0 +1,280 @@
+"""CIFAR input pipeline: whole splits in host memory, augmentation on device.
+
+Conventions: images are NHWC; on the host they stay uint8 ``[N, 32, 32, 3]`` (RGB, 0..255) and
+labels int32 ``[N]``. Augmentation and normalisation run batched inside the jitted step, from
+an explicit PRNG key, and produce float32 ``[B, 32, 32, 3]``.
+
+Data is read with ``tfds.data_source`` (array_record, no TensorFlow) and never downloaded: a
+dataset that is not prepared raises :class:`DatasetNotFoundError`, which says how to prepare it
+offline with ``python -m jresnet.prepare_data``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
+
+DATASETS: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+
+# Per-channel RGB (mean, std) of pixels scaled to [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    # The seed's values (kuangliu/pytorch-cifar).
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # ImageNet's, as used by akamaster/pytorch_resnet_cifar10.
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+PADDING = 4  # pixels of zero padding around each side before the random 32x32 crop
+
+_SOURCES = {
+    "cifar10": "cifar-10-python.tar.gz, cifar-10-binary.tar.gz",
+    "cifar100": "cifar-100-python.tar.gz, cifar-100-binary.tar.gz",
+}
+
+
+class DatasetNotFoundError(RuntimeError):
+    """The dataset is not prepared (in array_record format) in the data directory."""
+
+
+def num_classes(dataset: str) -> int:
+    """Number of classes of ``dataset`` ("cifar10": 10, "cifar100": 100)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown dataset {dataset!r}; known datasets: {sorted(DATASETS)}.")
+    return DATASETS[dataset]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _not_found(
+    dataset: str, builder: tfds.core.DatasetBuilder, reason: str
+) -> DatasetNotFoundError:
+    root = builder.data_dir_root
+    flag = "" if dataset == "cifar10" else f" --dataset {dataset}"
+    return DatasetNotFoundError(
+        f"{dataset} {builder.version} {reason} in data_dir {root} (looked in {builder.data_dir}). "
+        "Nothing is downloaded; prepare it offline from a local copy with\n"
+        f"  python -m jresnet.prepare_data --from PATH --data_dir {root}{flag}\n"
+        f"where PATH is {_SOURCES[dataset]}, or an image-folder tree train/<class>/*, "
+        "test/<class>/* (a directory or its .tar.gz)."
+    )
+
+
+def _parse_record(record: bytes) -> tuple[bytes, int]:
+    """(encoded image, label) of one serialised TFDS example (a ``tf.train.Example`` proto)."""
+    features = tf_example_pb2.Example.FromString(record).features.feature
+    try:
+        return features["image"].bytes_list.value[0], features["label"].int64_list.value[0]
+    except (KeyError, IndexError) as e:
+        raise ValueError(
+            f"Record without an image and a label: features {sorted(features)}."
+        ) from e
+
+
+def load_split(
+    dataset: str, split: str, data_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a whole split of a prepared TFDS dataset into host memory.
+
+    Args:
+      dataset: "cifar10" or "cifar100".
+      split: any TFDS split string: "train", "test", "train[:45000]", "train[90%:]", ...
+      data_dir: TFDS data directory; None or "" means TFDS's default (``$TFDS_DATA_DIR`` or
+        ``~/tensorflow_datasets``).
+
+    Returns:
+      (images, labels): uint8 ``[N, 32, 32, 3]`` RGB NHWC and int32 ``[N]`` (the fine label for
+      cifar100), in the split's stored order.
+
+    Raises:
+      ValueError: unknown dataset, or a split string TFDS rejects (the message names the split
+        and the available splits).
+      DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``.
+        Never waits on the network.
+    """
+    num_classes(dataset)
+    data_dir = os.fspath(data_dir) if data_dir else None
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise _not_found(dataset, builder, "is not prepared")
+    try:
+        # download=False: never call download_and_prepare, which would try the network.
+        source = tfds.data_source(
+            dataset,
+            split=split,
+            data_dir=data_dir,
+            download=False,
+            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+        )
+        n = len(source)
+    except NotImplementedError as e:  # prepared, but not in a random-access format
+        raise _not_found(dataset, builder, "is not in array_record format") from e
+    except ValueError as e:
+        available = ", ".join(
+            f"{name} ({info.num_examples} examples)" for name, info in builder.info.splits.items()
+        )
+        raise ValueError(
+            f"Bad split {split!r} for {dataset}: {e} Available splits: {available}. Slices look "
+            "like 'train[:45000]' or 'train[90%:]'."
+        ) from e
+    # Raw records, parsed and PNG-decoded here: 3.3 s for the 50k train split against 4.9 s
+    # through TFDS's per-example deserialise-and-decode (measured on 2 CPU cores).
+    records = source.__getitems__(list(range(n))) if n else []
+    images = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    labels = np.empty((n,), dtype=np.int32)
+    for i, record in enumerate(records):
+        image_bytes, labels[i] = _parse_record(record)
+        images[i] = np.asarray(Image.open(io.BytesIO(image_bytes)))
+    return images, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation and normalisation (on device, inside jit).
+
+
+def normalize(
+    images: jax.Array, mean: Sequence[float] | jax.Array, std: Sequence[float] | jax.Array
+) -> jax.Array:
+    """ToTensor + Normalize: uint8 ``[..., 3]`` -> float32 ``(x / 255 - mean) / std``.
+
+    Args:
+      images: uint8 ``[..., H, W, 3]`` in 0..255 (NHWC).
+      mean, std: per-channel RGB values for pixels in [0, 1], shape ``[3]``.
+
+    Returns:
+      float32 array of the same shape.
+    """
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def random_crop_and_flip(
+    key: jax.Array, images: jax.Array, padding: int = PADDING
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """RandomCrop(size, padding) with zero fill + RandomHorizontalFlip(0.5), per image, uint8.
+
+    Each image is zero-padded by ``padding`` pixels on every side, cropped back to its size at a
+    uniformly random offset (independently per image), then mirrored left-right with
+    probability 1/2.
+
+    Args:
+      key: PRNG key.
+      images: ``[B, H, W, C]`` (any dtype; uint8 for CIFAR).
+
+    Returns:
+      (crops, offsets, flips): crops ``[B, H, W, C]`` of the input dtype; offsets int32
+      ``[B, 2]`` = (top, left) of each crop in the padded image, each in ``0..2*padding``
+      inclusive, i.e. ``crop = padded[top:top + H, left:left + W]``; flips bool ``[B]``, True
+      where the crop was then mirrored (``crop[:, ::-1]``).
+    """
+    batch, height, width, channels = images.shape
+    offset_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(offset_key, (batch, 2), 0, 2 * padding + 1, dtype=jnp.int32)
+    flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        start = (offset[0], offset[1], jnp.zeros((), offset.dtype))
+        return jax.lax.dynamic_slice(image, start, (height, width, channels))
+
+    crops = jax.vmap(crop)(padded, offsets)
+    crops = jnp.where(flips[:, None, None, None], crops[:, :, ::-1, :], crops)
+    return crops, offsets, flips
+
+
+def augment(
+    key: jax.Array,
+    images: jax.Array,
+    mean: Sequence[float] | jax.Array,
+    std: Sequence[float] | jax.Array,
+) -> jax.Array:
+    """The seed's training transform, batched: torchvision's RandomCrop(32, padding=4),
+    RandomHorizontalFlip(), ToTensor(), Normalize(mean, std), but NHWC.
+
+    Args:
+      key: PRNG key; the same key and images give the same output.
+      images: uint8 ``[B, 32, 32, 3]``.
+      mean, std: per-channel RGB normalisation for pixels in [0, 1], shape ``[3]``.
+
+    Returns:
+      float32 ``[B, 32, 32, 3]``; padded pixels normalise to ``(0 - mean) / std``.
+    """
+    crops, _, _ = random_crop_and_flip(key, images)
+    return normalize(crops, mean, std)
+
+
+# --------------------------------------------------------------------------------------------
+# Batching (host side).
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training examples in ``epoch``: int64 ``[n]``.
+
+    A function of (seed, epoch, n) only, so a resumed run replays the same order. ``seed`` and
+    ``epoch`` must be non-negative.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches per epoch, ``n // batch_size`` (the remainder is dropped each epoch)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if n < batch_size:
+        raise ValueError(
+            f"The training split has {n} examples, fewer than one batch of {batch_size}: "
+            "use a smaller batch_size or a larger split."
+        )
+    return n // batch_size
+
+
+def train_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, epoch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of shuffled full batches: ``steps_per_epoch`` pairs of uint8
+    ``[batch_size, 32, 32, 3]`` images and int32 ``[batch_size]`` labels, in the order of
+    :func:`epoch_permutation`; the last ``n % batch_size`` examples of that order are dropped.
+    """
+    steps = steps_per_epoch(len(images), batch_size)
+    order = epoch_permutation(seed, epoch, len(images))
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        yield images[index], labels[index]
+
+
+def eval_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Fixed-shape batches covering every example exactly once, in order.
+
+    Yields ``ceil(N / batch_size)`` triples (images ``[batch_size, ...]``, labels
+    ``[batch_size]``, mask bool ``[batch_size]``). The last batch is padded with zero images
+    and label 0 up to ``batch_size`` (so a jitted eval step compiles once); ``mask`` is True
+    for real examples and False for the padding.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels.")
+    for start in range(0, n, batch_size):
+        batch_images = images[start : start + batch_size]
+        batch_labels = labels[start : start + batch_size]
+        real = len(batch_images)
+        mask = np.arange(batch_size) < real
+        if real < batch_size:
+            pad = batch_size - real
+            batch_images = np.concatenate(
+                [batch_images, np.zeros((pad, *images.shape[1:]), images.dtype)]
+            )
+            batch_labels = np.concatenate([batch_labels, np.zeros((pad,), labels.dtype)])
+        yield batch_images, batch_labels, mask

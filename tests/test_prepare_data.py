@@ -1,0 +1,332 @@
+"""jresnet.prepare_data: every source layout, the written TFDS dataset, errors and the CLI."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from jresnet import input_pipeline
+from jresnet.prepare_data import (
+    CIFAR10_LABELS,
+    CIFAR100_COARSE_LABELS,
+    CIFAR100_LABELS,
+    PrepareError,
+    fine_to_coarse,
+    prepare,
+    write_dataset,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Preparing must never touch the network."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def fake_split(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [num_classes * per_class, 32, 32, 3] random images and their int64 labels."""
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = np.random.default_rng(seed).integers(0, 256, (len(labels), 32, 32, 3), np.uint8)
+    return images, labels
+
+
+SPLITS10 = {"train": fake_split(10, 2, 0), "test": fake_split(10, 2, 1)}
+
+
+def chw_rows(images: np.ndarray) -> np.ndarray:
+    return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+
+
+def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def python_tarball(path: Path, splits=SPLITS10) -> Path:
+    """A cifar-10-python.tar.gz: pickled dicts, the training split over five batches."""
+    with tarfile.open(path, "w:gz") as tar:
+        meta = {b"label_names": [n.encode() for n in CIFAR10_LABELS]}
+        add_file(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(meta))
+        images, labels = splits["train"]
+        for i, part in enumerate(np.array_split(np.arange(len(images)), 5), start=1):
+            batch = {b"data": chw_rows(images[part]), b"labels": labels[part].tolist()}
+            add_file(tar, f"cifar-10-batches-py/data_batch_{i}", pickle.dumps(batch))
+        images, labels = splits["test"]
+        batch = {b"data": chw_rows(images), b"labels": labels.tolist()}
+        add_file(tar, "cifar-10-batches-py/test_batch", pickle.dumps(batch))
+    return path
+
+
+def binary_tarball(path: Path, splits=SPLITS10) -> Path:
+    """A cifar-10-binary.tar.gz: records of 1 label byte + 3072 CHW pixel bytes."""
+
+    def records(images, labels):
+        return np.concatenate([labels[:, None].astype(np.uint8), chw_rows(images)], 1).tobytes()
+
+    with tarfile.open(path, "w:gz") as tar:
+        add_file(tar, "cifar-10-batches-bin/batches.meta.txt", "\n".join(CIFAR10_LABELS).encode())
+        images, labels = splits["train"]
+        for i, part in enumerate(np.array_split(np.arange(len(images)), 5), start=1):
+            data = records(images[part], labels[part])
+            add_file(tar, f"cifar-10-batches-bin/data_batch_{i}.bin", data)
+        add_file(tar, "cifar-10-batches-bin/test_batch.bin", records(*splits["test"]))
+    return path
+
+
+def image_tree(root: Path, splits=SPLITS10, names=CIFAR10_LABELS) -> Path:
+    """train/<class>/<i>.png and test/<class>/<i>.png (PNG, so pixels are lossless)."""
+    for split, (images, labels) in splits.items():
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = root / split / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root
+
+
+def tar_of(tree: Path, path: Path, arcname: str = "cifar10") -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(tree, arcname=arcname)
+    return path
+
+
+def as_multiset(images, labels) -> list[tuple[bytes, int]]:
+    return sorted(
+        (image.tobytes(), int(label)) for image, label in zip(images, labels, strict=True)
+    )
+
+
+def assert_dataset_equals(data_dir: Path, dataset: str, splits) -> None:
+    for split, (images, labels) in splits.items():
+        got = input_pipeline.load_split(dataset, split, data_dir)
+        assert as_multiset(*got) == as_multiset(images, labels), split
+
+
+# --------------------------------------------------------------------------
+# Sources.
+
+
+@pytest.mark.parametrize("layout", ["python", "binary", "tree", "tree_tar"])
+def test_prepare_reads_every_layout_exactly(tmp_path, layout):
+    source = {
+        "python": lambda: python_tarball(tmp_path / "cifar-10-python.tar.gz"),
+        "binary": lambda: binary_tarball(tmp_path / "cifar-10-binary.tar.gz"),
+        "tree": lambda: image_tree(tmp_path / "tree"),
+        "tree_tar": lambda: tar_of(image_tree(tmp_path / "tree"), tmp_path / "cifar10.tar.gz"),
+    }[layout]()
+    lines = []
+    written = prepare(source, tmp_path / "tfds", log=lines.append)
+    assert written == tmp_path / "tfds" / "cifar10" / "3.0.2"
+    assert any("train: 20, test: 20" in line for line in lines)
+    assert_dataset_equals(tmp_path / "tfds", "cifar10", SPLITS10)
+
+
+def test_image_folder_labels_follow_official_names_case_insensitively(tmp_path):
+    upper = tuple(name.upper() for name in CIFAR10_LABELS)
+    prepare(image_tree(tmp_path / "tree", names=upper), tmp_path / "tfds", log=lambda _: None)
+    assert_dataset_equals(tmp_path / "tfds", "cifar10", SPLITS10)
+
+
+def test_image_folder_with_other_names_uses_sorted_folder_order(tmp_path):
+    names = tuple(f"class_{9 - i}" for i in range(10))  # sorted order reverses the labels
+    lines = []
+    prepare(image_tree(tmp_path / "tree", names=names), tmp_path / "tfds", log=lines.append)
+    assert any("sorted folder-name order" in line for line in lines)
+    reversed_labels = {s: (images, 9 - labels) for s, (images, labels) in SPLITS10.items()}
+    assert_dataset_equals(tmp_path / "tfds", "cifar10", reversed_labels)
+
+
+def test_cifar100_python_tarball(tmp_path):
+    splits = {"train": fake_split(100, 1, 2), "test": fake_split(100, 1, 3)}
+    with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
+        meta = {
+            b"fine_label_names": [n.encode() for n in CIFAR100_LABELS],
+            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_LABELS],
+        }
+        add_file(tar, "cifar-100-python/meta", pickle.dumps(meta))
+        for split, (images, labels) in splits.items():
+            coarse = fine_to_coarse()[labels]
+            data = {b"data": chw_rows(images), b"fine_labels": labels, b"coarse_labels": coarse}
+            add_file(tar, f"cifar-100-python/{split}", pickle.dumps(data))
+    prepare(tmp_path / "cifar-100-python.tar.gz", tmp_path / "tfds", log=lambda _: None)
+    assert_dataset_equals(tmp_path / "tfds", "cifar100", splits)
+    for example in tfds.data_source("cifar100", split="test", data_dir=tmp_path / "tfds"):
+        assert example["coarse_label"] == fine_to_coarse()[example["label"]]
+
+
+# --------------------------------------------------------------------------
+# The written dataset is the standard one.
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_written_dataset_matches_the_stock_builder(tmp_path, dataset):
+    num_classes = input_pipeline.num_classes(dataset)
+    splits = {"train": fake_split(num_classes, 1, 4), "test": fake_split(num_classes, 1, 5)}
+    write_dataset(tmp_path, dataset, splits)
+    stock = tfds.builder_cls(dataset)(data_dir=tmp_path / "unprepared").info
+    builder = tfds.builder(dataset, data_dir=tmp_path)
+    assert builder.is_prepared()
+    info = builder.info
+    assert info.version == stock.version == "3.0.2"
+    assert info.features.to_json_content() == stock.features.to_json_content()
+    assert info.supervised_keys == stock.supervised_keys
+    assert sorted(info.splits) == ["test", "train"]
+    assert info.splits["train"].num_examples == num_classes
+    assert info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    names = CIFAR10_LABELS if dataset == "cifar10" else CIFAR100_LABELS
+    assert tuple(info.features["label"].names) == names
+    example = tfds.data_source(dataset, split="train", data_dir=tmp_path)[0]
+    assert example["image"].shape == (32, 32, 3) and example["image"].dtype == np.uint8
+    assert example["id"].decode().startswith("train_")
+    assert sorted(p.name for p in (tmp_path / dataset / "3.0.2").iterdir()) == [
+        f"{dataset}-test.array_record-00000-of-00001",
+        f"{dataset}-train.array_record-00000-of-00001",
+        *(["coarse_label.labels.txt"] if dataset == "cifar100" else []),
+        "dataset_info.json",
+        "features.json",
+        "label.labels.txt",
+    ]
+
+
+def test_write_dataset_refuses_to_overwrite_unless_asked(tmp_path):
+    write_dataset(tmp_path, "cifar10", {"train": fake_split(10, 1, 6)})
+    replacement = {"train": fake_split(10, 2, 7)}
+    with pytest.raises(PrepareError, match="already exists"):
+        write_dataset(tmp_path, "cifar10", replacement)
+    write_dataset(tmp_path, "cifar10", replacement, overwrite=True)
+    assert_dataset_equals(tmp_path, "cifar10", replacement)
+    assert [p.name for p in tmp_path.iterdir()] == ["cifar10"]  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "match"),
+    [
+        (np.zeros((2, 32, 32, 3), np.float32), [0, 1], "uint8"),
+        (np.zeros((2, 28, 28, 3), np.uint8), [0, 1], r"\[N, 32, 32, 3\]"),
+        (np.zeros((2, 32, 32, 3), np.uint8), [0, 10], r"0\.\.9"),
+        (np.zeros((2, 32, 32, 3), np.uint8), [0], "labels for 2 images"),
+    ],
+)
+def test_write_dataset_validates_arrays(tmp_path, images, labels, match):
+    with pytest.raises(PrepareError, match=match):
+        write_dataset(tmp_path, "cifar10", {"train": (images, np.array(labels))})
+
+
+# --------------------------------------------------------------------------
+# Errors.
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(PrepareError, match="does not exist"):
+        prepare(tmp_path / "nope.tar.gz", tmp_path / "tfds", log=lambda _: None)
+
+
+def test_not_an_archive(tmp_path):
+    (tmp_path / "cifar.zip").write_bytes(b"not a tar")
+    with pytest.raises(PrepareError, match="neither a directory nor a tar archive"):
+        prepare(tmp_path / "cifar.zip", tmp_path / "tfds", log=lambda _: None)
+
+
+def test_unrecognised_layout(tmp_path):
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "images" / "a.png").write_bytes(b"x")
+    with pytest.raises(PrepareError, match="Unrecognised layout"):
+        prepare(tmp_path / "src", tmp_path / "tfds", log=lambda _: None)
+
+
+def test_wrong_number_of_class_folders(tmp_path):
+    splits = {"train": fake_split(3, 1, 8), "test": fake_split(3, 1, 9)}
+    image_tree(tmp_path / "tree", splits)
+    with pytest.raises(PrepareError, match=r"Found 3 class folders.*10 \(cifar10\)"):
+        prepare(tmp_path / "tree", tmp_path / "tfds", "cifar10", log=lambda _: None)
+
+
+def test_class_folders_differ_between_splits(tmp_path):
+    image_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "test" / "truck").rename(tmp_path / "tree" / "test" / "lorry")
+    with pytest.raises(PrepareError, match="differ between train"):
+        prepare(tmp_path / "tree", tmp_path / "tfds", log=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.zeros((31, 32, 3), np.uint8), "32x31 RGB"),
+        (np.zeros((32, 32), np.uint8), "32x32 L"),
+        (np.zeros((32, 32, 4), np.uint8), "32x32 RGBA"),
+    ],
+)
+def test_images_must_be_32x32_rgb(tmp_path, bad, match):
+    image_tree(tmp_path / "tree")
+    save_png(tmp_path / "tree" / "train" / "cat" / "bad.png", bad)
+    with pytest.raises(PrepareError, match=rf"train/cat/bad\.png: a {match} image"):
+        prepare(tmp_path / "tree", tmp_path / "tfds", log=lambda _: None)
+
+
+def test_malformed_python_tarball(tmp_path):
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        meta = {b"label_names": [n.encode() for n in CIFAR10_LABELS]}
+        add_file(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(meta))
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            add_file(tar, f"cifar-10-batches-py/{name}", pickle.dumps({b"batch_label": b"x"}))
+    with pytest.raises(PrepareError, match="cifar-10-python but is malformed"):
+        prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "tfds", log=lambda _: None)
+
+
+def test_source_of_another_dataset(tmp_path):
+    source = binary_tarball(tmp_path / "cifar-10-binary.tar.gz")
+    with pytest.raises(PrepareError, match="not cifar100"):
+        prepare(source, tmp_path / "tfds", "cifar100", log=lambda _: None)
+
+
+# --------------------------------------------------------------------------
+# Command line.
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jresnet.prepare_data", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli(tmp_path):
+    source = binary_tarball(tmp_path / "cifar-10-binary.tar.gz")
+    result = run_cli("--from", str(source), "--data_dir", str(tmp_path / "tfds"))
+    assert result.returncode == 0, result.stderr
+    assert "train: 20, test: 20" in result.stdout
+    assert str(tmp_path / "tfds" / "cifar10" / "3.0.2") in result.stdout
+    assert_dataset_equals(tmp_path / "tfds", "cifar10", SPLITS10)
+
+
+def test_cli_bad_input(tmp_path):
+    result = run_cli("--from", str(tmp_path / "missing"), "--data_dir", str(tmp_path / "tfds"))
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
