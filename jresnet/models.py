@@ -111,8 +111,10 @@ class BatchNorm(nn.Module):
         running_var = self.variable(
             "batch_stats", "var", lambda: jnp.ones((features,), jnp.float32)
         )
+        # Statistics in float32 at least (float64 when the model runs in float64).
+        stat_dtype = jnp.promote_types(self.dtype, jnp.float32)
         if train:
-            xf = x.astype(jnp.float32)
+            xf = x.astype(stat_dtype)
             reduce_axes = tuple(range(x.ndim - 1))
             count = math.prod(x.shape[:-1])
             mean = jnp.mean(xf, axis=reduce_axes)
@@ -130,7 +132,7 @@ class BatchNorm(nn.Module):
         else:
             mean, var = running_mean.value, running_var.value
         mul = jax.lax.rsqrt(var + self.epsilon) * scale
-        y = (x.astype(jnp.float32) - mean) * mul + bias
+        y = (x.astype(stat_dtype) - mean) * mul + bias
         return y.astype(self.dtype)
 
 
@@ -219,8 +221,8 @@ class ResNet(nn.Module):
         and linear weights, as the seed) or "he_normal" (the paper's
         N(0, 2/fan_in)). Linear bias is PyTorch's default in both; BN scale 1,
         bias 0.
-      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters and BN
-        statistics stay float32, logits are float32.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters, BN
+        statistics and logits stay float32 (float64 if dtype is float64).
       axis_name: device axis for synchronised BatchNorm, or None.
     """
 
@@ -271,7 +273,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name="linear",
         )(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 def _named(depth: int) -> Callable[..., ResNet]:

@@ -101,6 +101,10 @@ def create_learning_rate_fn(
       ``lr_boundaries`` (in steps), after ``warmup_steps`` at
       ``warmup_learning_rate``.
     * ``constant``.
+
+    Cosines are evaluated as ``lr * sin((pi - x) / 2) ** 2``, equal to
+    ``lr * (1 + cos x) / 2``, so float32 keeps full relative precision near the
+    end of the schedule where the rate is tiny.
     """
     base = config.learning_rate
     num_epochs = config.num_epochs
@@ -110,12 +114,12 @@ def create_learning_rate_fn(
 
         def schedule(step):
             epoch = step // steps_per_epoch
-            return 0.5 * base * (1.0 + jnp.cos(jnp.pi * epoch / num_epochs))
+            return base * jnp.square(jnp.sin(0.5 * jnp.pi * (num_epochs - epoch) / num_epochs))
 
     elif config.schedule == "cosine":
 
         def schedule(step):
-            return 0.5 * base * (1.0 + jnp.cos(jnp.pi * step / total_steps))
+            return base * jnp.square(jnp.sin(0.5 * jnp.pi * (total_steps - step) / total_steps))
 
     elif config.schedule == "multistep":
         boundaries = jnp.asarray(tuple(config.lr_boundaries), jnp.int32)
