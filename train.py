@@ -11,7 +11,7 @@ Examples:
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "jresnet", "configs", "default.py")
@@ -25,6 +25,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every step at INFO
     from jresnet import main as jresnet_main
 
     raise SystemExit(jresnet_main.run(_CONFIG.value, _WORKDIR.value))

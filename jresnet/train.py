@@ -519,10 +519,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
                 if (i + 1) % config.log_every_steps == 0 and i + 1 < steps_per_epoch:
                     current = {k: float(v) / (i + 1) for k, v in sums.items()}
+                    current["learning_rate"] = float(metrics["learning_rate"])
                     _check_finite(current, epoch, i + 1)
                     progress.update(epoch, config.num_epochs, i + 1, steps_per_epoch, current)
-            train_metrics = {f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()}
-            train_metrics["learning_rate"] = float(metrics["learning_rate"])
+            train_metrics = {
+                "train_loss": float(sums["loss"]) / steps_per_epoch,
+                "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
+                "learning_rate": float(metrics["learning_rate"]),  # of the epoch's last step
+            }
             _check_finite({"loss": train_metrics["train_loss"]}, epoch, steps_per_epoch)
             epoch_time = time.time() - epoch_start
             variables = {"params": state.params, "batch_stats": state.batch_stats}

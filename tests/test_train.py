@@ -132,7 +132,7 @@ def _sgd_steps_both(shortcut, steps, dtype):
     tx = train.create_optimizer(config, lr_fn)
 
     model = models.create_model("resnet8", shortcut=shortcut, dtype=jnp.dtype(dtype))
-    as_jax = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)  # noqa: E731
+    as_jax = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
     params = as_jax(variables["params"])
     state = train.TrainState(
         step=jnp.zeros((), jnp.int32),

@@ -33,7 +33,7 @@ class LambdaLayer(nn.Module):
         return self.fn(x)
 
 
-def _option_a(planes: int) -> LambdaLayer:
+def option_a(planes: int) -> LambdaLayer:
     pad = planes // 4
     return LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad)))
 
@@ -50,7 +50,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
             if shortcut == "A":
-                self.shortcut = _option_a(planes)
+                self.shortcut = option_a(planes)
             else:
                 self.shortcut = nn.Sequential(
                     nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
