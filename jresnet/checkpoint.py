@@ -114,13 +114,18 @@ def restore_state(
 
 
 def restore_latest(
-    manager: ocp.CheckpointManager, target: Mapping[str, Any] | None = None
+    manager: ocp.CheckpointManager,
+    target: Mapping[str, Any] | None = None,
+    config: ml_collections.ConfigDict | None = None,
 ) -> tuple[int, dict[str, Any], ml_collections.ConfigDict] | None:
     """Restores the newest readable checkpoint: ``(step, state, config)``, or None if none exist.
 
-    An unreadable checkpoint is skipped with a warning and the previous one is
-    tried; if checkpoints exist but none can be read, `CheckpointError` is
-    raised (a run never silently restarts from scratch over them).
+    With ``config``, the saved config must be compatible with it
+    (`check_compatible`): an incompatible checkpoint raises `CheckpointError`
+    before any state is read. An unreadable checkpoint is skipped with a
+    warning and the previous one is tried; if checkpoints exist but none can be
+    read, `CheckpointError` is raised (a run never silently restarts from
+    scratch over them).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -128,21 +133,30 @@ def restore_latest(
     errors = []
     for step in steps:
         try:
-            config = read_config(manager, step)
+            saved_config = read_config(manager, step)
+        except Exception as e:  # any failure means "unreadable"
+            errors.append(_unreadable(step, e))
+            continue
+        if config is not None:
+            check_compatible(saved_config, config, os.fspath(manager.directory))
+        try:
             state = restore_state(manager, step, target)
         except Exception as e:  # any failure means "unreadable"
-            errors.append(f"step {step}: {type(e).__name__}: {e}")
-            log.warning(
-                "Checkpoint at step %d is unreadable (%s); trying the previous one.", step, e
-            )
+            errors.append(_unreadable(step, e))
             continue
         if errors:
             log.warning("Resuming from step %d; newer checkpoints were unreadable.", step)
-        return step, state, config
+        return step, state, saved_config
     raise CheckpointError(
         f"None of the checkpoints in {manager.directory} could be read; refusing to start "
         "from scratch over them. Move them away to start afresh. Errors:\n  " + "\n  ".join(errors)
     )
+
+
+def _unreadable(step: int, error: Exception) -> str:
+    message = f"step {step}: {type(error).__name__}: {str(error)[:500]}"
+    log.warning("Checkpoint at step %d is unreadable (%s); trying the previous one.", step, message)
+    return message
 
 
 def check_compatible(

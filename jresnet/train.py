@@ -422,10 +422,9 @@ def _restore_or_init(
     manager: Any,
     state: TrainState,
 ) -> TrainState:
-    restored = checkpoint.restore_latest(manager, target=state.to_dict())
+    restored = checkpoint.restore_latest(manager, target=state.to_dict(), config=config)
     if restored is not None:
-        step, state_dict, saved_config = restored
-        checkpoint.check_compatible(saved_config, config, workdir)
+        step, state_dict, _ = restored
         if "opt_state" not in state_dict:
             raise checkpoint.CheckpointError(
                 f"{workdir} holds converted weights, not a training run; start training from "
