@@ -62,7 +62,7 @@ def _not_found(
     flag = "" if dataset == "cifar10" else f" --dataset {dataset}"
     return DatasetNotFoundError(
         f"{dataset} {builder.version} {reason} in data_dir {root} (looked in {builder.data_dir}). "
-        "Nothing is downloaded; prepare it offline from a local copy with\n"
+        "Prepare it offline from a local copy with\n"
         f"  python -m jresnet.prepare_data --from PATH --data_dir {root}{flag}\n"
         f"where PATH is {_SOURCES[dataset]}, or an image-folder tree train/<class>/*, "
         "test/<class>/* (a directory or its .tar.gz)."
@@ -81,7 +81,10 @@ def _parse_record(record: bytes) -> tuple[bytes, int]:
 
 
 def load_split(
-    dataset: str, split: str, data_dir: str | os.PathLike | None = None
+    dataset: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads a whole split of a prepared TFDS dataset into host memory.
 
@@ -90,6 +93,9 @@ def load_split(
       split: any TFDS split string: "train", "test", "train[:45000]", "train[90%:]", ...
       data_dir: TFDS data directory; None or "" means TFDS's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
+      download: if the dataset is not prepared, download the official archive and prepare it
+        (`jresnet.prepare_data.download_and_prepare`, no TensorFlow). Offline, this fails at
+        once with `DatasetNotFoundError`.
 
     Returns:
       (images, labels): uint8 ``[N, 32, 32, 3]`` RGB NHWC and int32 ``[N]`` (the fine label for
@@ -98,14 +104,23 @@ def load_split(
     Raises:
       ValueError: unknown dataset, or a split string TFDS rejects (the message names the split
         and the available splits).
-      DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``.
-        Never waits on the network.
+      DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``
+        and could not be downloaded (or ``download`` is False).
     """
     num_classes(dataset)
     data_dir = os.fspath(data_dir) if data_dir else None
     builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared():
-        raise _not_found(dataset, builder, "is not prepared")
+        if not download:
+            raise _not_found(dataset, builder, "is not prepared")
+        from jresnet import prepare_data  # local import: prepare_data is the heavier module
+
+        try:
+            prepare_data.download_and_prepare(dataset, builder.data_dir_root)
+        except (OSError, prepare_data.PrepareError) as e:
+            reason = f"is not prepared and can't be downloaded ({e})"
+            raise _not_found(dataset, builder, reason) from e
+        builder = tfds.builder(dataset, data_dir=data_dir)
     try:
         # download=False: never call download_and_prepare, which would try the network.
         source = tfds.data_source(

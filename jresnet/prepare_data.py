@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import os
 import pickle
@@ -52,6 +53,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -588,6 +590,47 @@ def prepare(
     log(f"Wrote {read.dataset} in array_record format to {written} ({counts}).")
     log(f"Done in {time.perf_counter() - start:.1f}s.")
     return written
+
+
+# The official python-format archives and their MD5 sums (from the CIFAR page).
+DOWNLOADS = {
+    "cifar10": (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+    ),
+    "cifar100": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+    ),
+}
+
+
+def download_and_prepare(
+    dataset: str,
+    data_dir: str | os.PathLike,
+    *,
+    timeout_s: float = 30.0,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Downloads the official python-format archive and `prepare`s it, without TensorFlow.
+
+    TFDS's own cifar10 builder needs TensorFlow to prepare (see the module
+    docstring); this is the TF-free equivalent for machines with internet.
+    Network failures raise ``OSError`` (``urllib.error.URLError``) within
+    ``timeout_s`` per blocking operation; a corrupt download raises `PrepareError`.
+    """
+    url, md5 = DOWNLOADS[dataset]
+    with tempfile.TemporaryDirectory(prefix="jresnet-download-") as tmp:
+        path = Path(tmp) / url.rsplit("/", 1)[1]
+        log(f"Downloading {url} ...")
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(path, "wb") as f:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != md5:
+            raise PrepareError(f"{url} downloaded with MD5 {digest.hexdigest()}, expected {md5}")
+        return prepare(path, data_dir, dataset, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,20 +75,33 @@ def test_load_split_bad_split(tiny, split):
     assert repr(split) in str(info.value)
 
 
-def test_load_split_missing_dataset_fails_fast_without_network(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError("tried to use the network")
+def test_load_split_missing_dataset_offline_fails_fast_and_says_how_to_prepare(
+    tmp_path, monkeypatch
+):
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
     start = time.perf_counter()
     with pytest.raises(ip.DatasetNotFoundError) as info:
         ip.load_split("cifar10", "train", tmp_path)
     assert time.perf_counter() - start < 10
     message = str(info.value)
+    assert "can't be downloaded" in message and "Name or service not known" in message
     assert f"python -m jresnet.prepare_data --from PATH --data_dir {tmp_path}" in message
     assert "cifar-10-python.tar.gz" in message and "cifar-10-binary.tar.gz" in message
     assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_load_split_without_download_never_touches_the_network(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(ip.DatasetNotFoundError, match="is not prepared in data_dir"):
+        ip.load_split("cifar10", "train", tmp_path, download=False)
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ checkpoint, and the error cases (clear message, non-zero exit, nothing lost).
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,7 +177,11 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, data_dir, capsys, over
     assert err.startswith("error: ") and message in err
 
 
-def test_missing_dataset_says_how_to_prepare_it(tmp_path, capsys):
+def test_missing_dataset_offline_says_how_to_prepare_it(tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
     config = _config(str(tmp_path / "empty"))
     assert main.run(config, str(tmp_path / "run")) == main.EXIT_USAGE
     assert "python -m jresnet.prepare_data" in capsys.readouterr().err

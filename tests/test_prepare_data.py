@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import socket
@@ -15,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jresnet import input_pipeline
+from jresnet import input_pipeline, prepare_data
 from jresnet.prepare_data import (
     CIFAR10_LABELS,
     CIFAR100_COARSE_LABELS,
@@ -330,3 +331,26 @@ def test_cli_bad_input(tmp_path):
     assert result.returncode != 0
     assert "error:" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_download_and_prepare_checks_md5_and_writes_the_dataset(tmp_path, monkeypatch):
+    """The internet path, with urlopen serving a local python-format tarball."""
+    tarball = python_tarball(tmp_path / "cifar-10-python.tar.gz")
+    data = tarball.read_bytes()
+    served = []
+
+    def fake_urlopen(url, timeout):
+        served.append(url)
+        return io.BytesIO(data)
+
+    monkeypatch.setattr(prepare_data.urllib.request, "urlopen", fake_urlopen)
+    url = prepare_data.DOWNLOADS["cifar10"][0]
+    monkeypatch.setitem(prepare_data.DOWNLOADS, "cifar10", (url, "0" * 32))
+    with pytest.raises(prepare_data.PrepareError, match="MD5"):
+        prepare_data.download_and_prepare("cifar10", tmp_path / "bad", log=lambda _: None)
+    assert not (tmp_path / "bad").exists()
+
+    monkeypatch.setitem(prepare_data.DOWNLOADS, "cifar10", (url, hashlib.md5(data).hexdigest()))
+    prepare_data.download_and_prepare("cifar10", tmp_path / "tfds", log=lambda _: None)
+    assert served == [url, url]
+    assert_dataset_equals(tmp_path / "tfds", "cifar10", SPLITS10)
