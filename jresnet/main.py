@@ -6,7 +6,7 @@ import sys
 
 import ml_collections
 
-from jresnet import checkpoint, input_pipeline, train
+from jresnet import checkpoint, input_pipeline, parallel, train
 
 # Failures caused by the user's input or environment: a message, no traceback.
 EXPECTED_ERRORS = (
@@ -22,6 +22,7 @@ EXIT_DIVERGED = 3
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Trains or evaluates as ``config`` says; returns the process exit code."""
     try:
+        parallel.initialize_distributed(config)
         train.train_and_evaluate(config, workdir)
     except train.TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,8 +35,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from jresnet import checkpoint, input_pipeline, models, reporting
+from jresnet import checkpoint, input_pipeline, models, parallel, reporting
 
 SCHEDULES = ("cosine_epoch", "cosine", "multistep", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -265,32 +267,58 @@ def make_train_fn(
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     augment: bool,
+    mesh: Mesh,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted driver: ``(state, images_uint8, labels, key) -> (state, metrics)``.
+    """The jitted driver: ``(state, images_uint8, labels, base_key) -> (state, metrics)``.
 
-    Augments (or only normalises) the uint8 batch on device from ``key``, then
-    runs `train_step`. ``state`` is donated: its buffers are reused.
+    ``images_uint8 [B, 32, 32, 3]`` and ``labels [B]`` are the global batch,
+    sharded over ``mesh`` (`parallel.global_batch`); ``state`` is replicated.
+    The batch is augmented (or only normalised) as a whole from
+    ``fold_in(base_key, state.step)``, so the random crops and flips do not
+    depend on the device count; then `train_step` runs on each device's shard
+    under `jax.shard_map`, averaging over the ``"batch"`` axis. ``state`` is
+    donated: its buffers are reused.
     """
-    step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn)
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        learning_rate_fn=learning_rate_fn,
+        axis_name=parallel.BATCH_AXIS,
+    )
+    sharded_step = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(P(), P(parallel.BATCH_AXIS)),
+        out_specs=(P(), P()),
+    )
 
-    def run(state, images, labels, key):
+    def run(state, images, labels, base_key):
         if augment:
+            key = jax.random.fold_in(base_key, state.step)
             x = input_pipeline.augment(key, images, mean, std)
         else:
             x = input_pipeline.normalize(images, mean, std)
-        return step(state, {"image": x, "label": labels})
+        return sharded_step(state, {"image": x, "label": labels})
 
     return jax.jit(run, donate_argnums=0)
 
 
 def make_eval_fn(
-    model: models.ResNet, mean: tuple[float, float, float], std: tuple[float, float, float]
+    model: models.ResNet,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    mesh: Mesh,
 ) -> Callable[..., dict[str, jax.Array]]:
-    """The jitted driver: ``(variables, images_uint8, labels, mask) -> sums``."""
+    """The jitted driver: ``(variables, images_uint8, labels, mask) -> sums`` over the mesh."""
+    step = functools.partial(eval_step, model=model, axis_name=parallel.BATCH_AXIS)
+    sharded_step = jax.shard_map(
+        step, mesh=mesh, in_specs=(P(), P(parallel.BATCH_AXIS)), out_specs=P()
+    )
 
     def run(variables, images, labels, mask):
         x = input_pipeline.normalize(images, mean, std)
-        return eval_step(variables, {"image": x, "label": labels, "mask": mask}, model=model)
+        return sharded_step(variables, {"image": x, "label": labels, "mask": mask})
 
     return jax.jit(run)
 
@@ -301,13 +329,19 @@ def evaluate(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
+    mesh: Mesh,
 ) -> dict[str, float]:
-    """Loss and accuracy over every example of a split (the last batch padded and masked)."""
-    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    for batch_images, batch_labels, mask in input_pipeline.eval_batches(images, labels, batch_size):
-        sums = eval_fn(variables, batch_images, batch_labels, mask)
-        totals = {k: totals[k] + sums[k] for k in totals}
-    totals = {k: float(v) for k, v in totals.items()}
+    """Loss and accuracy over every example of a split, on every device of ``mesh``.
+
+    ``batch_size`` is rounded up to a multiple of the device count; the last
+    batch is padded and masked, so each example counts exactly once.
+    """
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    totals = None
+    for batch in input_pipeline.eval_batches(images, labels, batch_size):
+        sums = eval_fn(variables, *parallel.global_batch(batch, mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = {k: float(parallel.to_host(v)) for k, v in totals.items()}
     count = max(totals["count"], 1.0)
     return {
         "eval_loss": totals["loss_sum"] / count,
@@ -453,24 +487,28 @@ def _check_finite(metrics: Mapping[str, float], epoch: int, step: int) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates each epoch.
 
+    Runs data-parallel over every device of every process (`jresnet.parallel`);
+    call `parallel.initialize_distributed` first for several processes.
+
     Returns the final summary: ``final_eval_accuracy``, ``best_eval_accuracy``,
     ``best_epoch``, ``epochs``, ``steps``, ``wall_time_s``.
     """
     start_time = time.time()
     validate_config(config)
+    mesh = parallel.create_mesh()
+    try:
+        parallel.check_divisible(config.batch_size, "--config.batch_size", mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     workdir = prepare_workdir(workdir)
+    if config.eval_only:
+        return _evaluate_only(config, workdir, mesh)
+
     data_dir = config.data_dir or None
     mean, std = input_pipeline.NORMALIZATIONS[config.normalization]
-
-    if config.eval_only:
-        return _evaluate_only(config, workdir)
-
-    model = checkpoint.model_from_config(config)
-    eval_fn = make_eval_fn(model, mean, std)
     eval_images, eval_labels = input_pipeline.load_split(
         config.dataset, config.eval_split, data_dir
     )
-
     train_images, train_labels = input_pipeline.load_split(
         config.dataset, config.train_split, data_dir
     )
@@ -480,13 +518,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
     tx = create_optimizer(config, learning_rate_fn)
 
+    model = checkpoint.model_from_config(config)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    state = create_train_state(init_key, model, tx)
+    state = parallel.replicate(create_train_state(init_key, model, tx), mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     manager = checkpoint.create_manager(workdir, keep=config.checkpoints_to_keep)
-    state = _restore_or_init(config, workdir, manager, state)
-    start_step = int(state.step)
+    state = parallel.replicate(_restore_or_init(config, workdir, manager, state), mesh)
+    start_step = int(parallel.to_host(state.step))
     start_epoch = start_step // steps_per_epoch
     if start_step % steps_per_epoch:
         raise checkpoint.CheckpointError(
@@ -499,54 +538,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{config.model} (shortcut {config.shortcut}, {num_params:,} params) on {config.dataset} "
         f"{config.train_split} ({num_train:,} images), eval on {config.eval_split} "
         f"({len(eval_labels):,}); {config.num_epochs} epochs x {steps_per_epoch} steps of "
-        f"{config.batch_size}; {jax.device_count()} {jax.devices()[0].platform} device(s); "
-        f"workdir {workdir}"
+        f"{config.batch_size}; {mesh.size} {jax.devices()[0].platform} device(s) in "
+        f"{jax.process_count()} process(es); workdir {workdir}"
     )
-    train_fn = make_train_fn(model, tx, learning_rate_fn, mean, std, config.augment)
+    train_fn = make_train_fn(model, tx, learning_rate_fn, mean, std, config.augment, mesh)
+    eval_fn = make_eval_fn(model, mean, std, mesh)
     progress = reporting.Progress(total_steps, start_step, config.batch_size)
+
+    def host_mean(sums, steps):
+        return {k: float(parallel.to_host(v)) / steps for k, v in sums.items()}
 
     summary: dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, config.num_epochs):
-            order = input_pipeline.epoch_permutation(config.seed, epoch, num_train)
             epoch_start = time.time()
             sums = None
-            for i in range(steps_per_epoch):
-                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-                step_key = jax.random.fold_in(train_key, state.step)
-                state, metrics = train_fn(state, train_images[idx], train_labels[idx], step_key)
+            batches = input_pipeline.train_batches(
+                train_images, train_labels, config.batch_size, config.seed, epoch
+            )
+            for i, batch in enumerate(batches, start=1):
+                images, labels = parallel.global_batch(batch, mesh)
+                state, metrics = train_fn(state, images, labels, train_key)
+                lr = metrics.pop("learning_rate")
                 sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-                if (i + 1) % config.log_every_steps == 0 and i + 1 < steps_per_epoch:
-                    current = {k: float(v) / (i + 1) for k, v in sums.items()}
-                    current["learning_rate"] = float(metrics["learning_rate"])
-                    _check_finite(current, epoch, i + 1)
-                    progress.update(epoch, config.num_epochs, i + 1, steps_per_epoch, current)
-            train_metrics = {
-                "train_loss": float(sums["loss"]) / steps_per_epoch,
-                "train_accuracy": float(sums["accuracy"]) / steps_per_epoch,
-                "learning_rate": float(metrics["learning_rate"]),  # of the epoch's last step
-            }
-            _check_finite({"loss": train_metrics["train_loss"]}, epoch, steps_per_epoch)
+                if i % config.log_every_steps == 0 and i < steps_per_epoch:
+                    current = host_mean(sums, i)
+                    current["learning_rate"] = float(parallel.to_host(lr))
+                    _check_finite(current, epoch, i)
+                    progress.update(epoch, config.num_epochs, i, steps_per_epoch, current)
+            train_metrics = host_mean(sums, steps_per_epoch)
+            _check_finite(train_metrics, epoch, steps_per_epoch)
             epoch_time = time.time() - epoch_start
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             eval_metrics = evaluate(
-                eval_fn, variables, eval_images, eval_labels, config.eval_batch_size
+                eval_fn, variables, eval_images, eval_labels, config.eval_batch_size, mesh
             )
+            step = int(parallel.to_host(state.step))
             record = {
                 "epoch": epoch + 1,
-                "step": int(state.step),
-                **train_metrics,
+                "step": step,
+                "train_loss": train_metrics["loss"],
+                "train_accuracy": train_metrics["accuracy"],
+                "learning_rate": float(parallel.to_host(lr)),  # of the epoch's last step
                 **eval_metrics,
                 "images_per_s": steps_per_epoch * config.batch_size / epoch_time,
                 "epoch_time_s": epoch_time,
             }
-            checkpoint.save(
-                manager,
-                int(state.step),
-                state.to_dict(),
-                config,
-                {"eval_accuracy": eval_metrics["eval_accuracy"]},
-            )
+            metric = {"eval_accuracy": eval_metrics["eval_accuracy"]}
+            checkpoint.save(manager, step, state.to_dict(), config, metric)
             log.write(record)
             progress.epoch_done(record, config.num_epochs)
         summary = log.summary(time.time() - start_time)
@@ -558,7 +597,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return summary
 
 
-def _evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
     """``--config.eval_only``: eval metrics of the latest checkpoint in ``workdir``.
 
     If ``workdir`` has no checkpoints, ``--config.init_from`` (a jresnet work
@@ -585,11 +624,12 @@ def _evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         )
         variables = load_initial_variables(config, template)
     mean, std = input_pipeline.NORMALIZATIONS[model_config.normalization]
-    eval_fn = make_eval_fn(checkpoint.model_from_config(model_config), mean, std)
+    eval_fn = make_eval_fn(checkpoint.model_from_config(model_config), mean, std, mesh)
     images, labels = input_pipeline.load_split(
         model_config.dataset, config.eval_split, config.data_dir or None
     )
-    metrics = evaluate(eval_fn, variables, images, labels, config.eval_batch_size)
+    variables = parallel.replicate(variables, mesh)
+    metrics = evaluate(eval_fn, variables, images, labels, config.eval_batch_size, mesh)
     reporting.info(
         f"{source}: {model_config.model} (shortcut {model_config.shortcut}) on "
         f"{model_config.dataset} {config.eval_split}: accuracy "

@@ -40,6 +40,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_steps = 0  # multistep: steps at warmup_learning_rate first (ResNet-110)
     config.warmup_learning_rate = 0.01
 
+    # Several processes (jax.distributed); all started with the same --workdir.
+    config.distributed = False  # True: let JAX detect the cluster (SLURM, Open MPI, TPU pods)
+    config.coordinator_address = ""  # "HOST:PORT" of process 0, for an explicit cluster
+    config.coordinator_bind_address = ""  # address the coordinator listens on, "" = JAX's default
+    config.num_processes = 0  # with coordinator_address: total number of processes
+    config.process_id = -1  # with coordinator_address: this process's index, 0..N-1
+
     # Run.
     config.seed = 0
     config.checkpoints_to_keep = 3  # latest checkpoints kept, besides the best one
