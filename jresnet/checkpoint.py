@@ -66,7 +66,12 @@ def create_manager(
         create=not read_only,
     )
     return ocp.CheckpointManager(
-        checkpoint_dir(workdir), options=options, item_names=("state", "config")
+        checkpoint_dir(workdir),
+        options=options,
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        },
     )
 
 
@@ -102,11 +107,17 @@ def restore_state(
     """Restores the ``state`` item of checkpoint ``step``.
 
     With ``target`` (a pytree of arrays or ``jax.ShapeDtypeStruct``), the result
-    has exactly its structure, dtypes and shardings; without it, nested dicts.
+    has exactly its structure, dtypes and shardings; without it, nested dicts of
+    arrays on this process's first device.
     """
-    abstract = None
     if target is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(target))
+    else:  # onto this process's first device, whatever topology saved it
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step)["state"].tree,
+        )
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
     )

@@ -40,6 +40,10 @@ _SOURCES = {
 }
 
 
+class DataError(ValueError):
+    """A split or dataset size the run can't use; the message says what to change."""
+
+
 class DatasetNotFoundError(RuntimeError):
     """The dataset is not prepared (in array_record format) in the data directory."""
 
@@ -47,7 +51,7 @@ class DatasetNotFoundError(RuntimeError):
 def num_classes(dataset: str) -> int:
     """Number of classes of ``dataset`` ("cifar10": 10, "cifar100": 100)."""
     if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r}; known datasets: {sorted(DATASETS)}.")
+        raise DataError(f"Unknown dataset {dataset!r}; known datasets: {sorted(DATASETS)}.")
     return DATASETS[dataset]
 
 
@@ -137,7 +141,7 @@ def load_split(
         available = ", ".join(
             f"{name} ({info.num_examples} examples)" for name, info in builder.info.splits.items()
         )
-        raise ValueError(
+        raise DataError(
             f"Bad split {split!r} for {dataset}: {e} Available splits: {available}. Slices look "
             "like 'train[:45000]' or 'train[90%:]'."
         ) from e
@@ -245,7 +249,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if n < batch_size:
-        raise ValueError(
+        raise DataError(
             f"The training split has {n} examples, fewer than one batch of {batch_size}: "
             "use a smaller batch_size or a larger split."
         )

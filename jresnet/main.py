@@ -6,7 +6,7 @@ import sys
 
 import ml_collections
 
-from jresnet import checkpoint, input_pipeline, parallel, train
+from jresnet import checkpoint, convert, input_pipeline, parallel, train
 
 # Failures caused by the user's input or environment: a message, no traceback.
 EXPECTED_ERRORS = (
@@ -14,6 +14,8 @@ EXPECTED_ERRORS = (
     train.TrainingDivergedError,
     checkpoint.CheckpointError,
     input_pipeline.DatasetNotFoundError,
+    input_pipeline.DataError,
+    convert.ConversionError,
 )
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -28,9 +30,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:  # e.g. a split string TFDS rejects
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return 0

@@ -67,8 +67,19 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree (identical on every process) on every device of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places a pytree (identical on every process) on every device of ``mesh``.
+
+    Built from host copies with `jax.make_array_from_callback`, which works
+    across processes (``jax.device_put`` of a local array onto a multi-process
+    sharding gives a broken array on the CPU backend of jax 0.10).
+    """
+    sharding = replicated(mesh)
+
+    def put(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def check_divisible(batch_size: int, what: str, mesh: Mesh) -> None:

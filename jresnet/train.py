@@ -79,7 +79,7 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainState:
         return cls(
-            step=jnp.asarray(d["step"], jnp.int32),
+            step=d["step"],
             params=d["params"],
             batch_stats=d["batch_stats"],
             opt_state=d["opt_state"],
@@ -286,11 +286,16 @@ def make_train_fn(
         learning_rate_fn=learning_rate_fn,
         axis_name=parallel.BATCH_AXIS,
     )
+    # check_vma=False gives shard_map pmap's semantics, which train_step is written
+    # for: gradients are per-device and averaged by its explicit pmean. With
+    # check_vma=True, gradients of replicated (invariant) parameters would come
+    # back already summed over the axis, and the pmean would not average them.
     sharded_step = jax.shard_map(
         step,
         mesh=mesh,
         in_specs=(P(), P(parallel.BATCH_AXIS)),
         out_specs=(P(), P()),
+        check_vma=False,
     )
 
     def run(state, images, labels, base_key):
@@ -313,7 +318,7 @@ def make_eval_fn(
     """The jitted driver: ``(variables, images_uint8, labels, mask) -> sums`` over the mesh."""
     step = functools.partial(eval_step, model=model, axis_name=parallel.BATCH_AXIS)
     sharded_step = jax.shard_map(
-        step, mesh=mesh, in_specs=(P(), P(parallel.BATCH_AXIS)), out_specs=P()
+        step, mesh=mesh, in_specs=(P(), P(parallel.BATCH_AXIS)), out_specs=P(), check_vma=False
     )
 
     def run(variables, images, labels, mask):
@@ -455,8 +460,15 @@ def _restore_or_init(
     workdir: str,
     manager: Any,
     state: TrainState,
+    mesh: Mesh,
 ) -> TrainState:
-    restored = checkpoint.restore_latest(manager, target=state.to_dict(), config=config)
+    """The state to start from, replicated over ``mesh``: the latest checkpoint, else
+    ``init_from``'s weights, else ``state`` (freshly initialised)."""
+    sharding = parallel.replicated(mesh)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state.to_dict()
+    )
+    restored = checkpoint.restore_latest(manager, target=target, config=config)
     if restored is not None:
         step, state_dict, _ = restored
         if "opt_state" not in state_dict:
@@ -471,8 +483,8 @@ def _restore_or_init(
             config, {"params": state.params, "batch_stats": state.batch_stats}
         )
         reporting.info(f"Initialised from {config.init_from}")
-        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-    return state
+        state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    return parallel.replicate(state, mesh)
 
 
 def _check_finite(metrics: Mapping[str, float], epoch: int, step: int) -> None:
@@ -520,11 +532,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     model = checkpoint.model_from_config(config)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    state = parallel.replicate(create_train_state(init_key, model, tx), mesh)
+    state = create_train_state(init_key, model, tx)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     manager = checkpoint.create_manager(workdir, keep=config.checkpoints_to_keep)
-    state = parallel.replicate(_restore_or_init(config, workdir, manager, state), mesh)
+    state = _restore_or_init(config, workdir, manager, state, mesh)
     start_step = int(parallel.to_host(state.step))
     start_epoch = start_step // steps_per_epoch
     if start_step % steps_per_epoch:

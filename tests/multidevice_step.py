@@ -1,0 +1,88 @@
+"""Run by tests/test_parallel.py in a subprocess with 2 simulated CPU devices.
+
+Takes one training step on the same global batch (augmentation on) three
+ways: the jit + shard_map driver on 1 device, the same driver on 2 devices,
+and `train_step` under `jax.pmap` on 2 devices (after the same augmentation).
+Prints one JSON object: the largest absolute differences between them.
+"""
+
+import json
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+).strip()
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jresnet import input_pipeline, models, parallel, train
+from jresnet.configs import default
+
+
+def max_abs_diff(a, b) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def main() -> None:
+    assert jax.device_count() == 2, jax.devices()
+    config = default.get_config()
+    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
+    tx = train.create_optimizer(config, lr_fn)
+    model = models.create_model("resnet8")
+    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 16).astype(np.int32)
+    key = jax.random.key(1)
+    init = train.create_train_state(jax.random.key(0), model, tx)
+
+    results = {}
+    for n in (1, 2):
+        mesh = parallel.create_mesh(jax.devices()[:n])
+        step = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
+        state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)  # the step donates it
+        state, metrics = step(state, *parallel.global_batch((images, labels), mesh), key)
+        results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
+
+    # The step function under pmap: the batch split into 2 device shards.
+    x = input_pipeline.augment(jax.random.fold_in(key, 0), jnp.asarray(images), mean, std)
+    pmapped = jax.pmap(
+        functools.partial(
+            train.train_step, model=model, tx=tx, learning_rate_fn=lr_fn, axis_name="devices"
+        ),
+        axis_name="devices",
+    )
+    replicated = jax.tree.map(lambda a: jnp.stack([a, a]), init)
+    pstate, pmetrics = pmapped(
+        replicated, {"image": x.reshape(2, 8, 32, 32, 3), "label": labels.reshape(2, 8)}
+    )
+    pvars = jax.tree.map(
+        lambda a: a[0], {"params": pstate.params, "batch_stats": pstate.batch_stats}
+    )
+    devices_agree = max_abs_diff(
+        jax.tree.map(lambda a: a[0], pstate.params), jax.tree.map(lambda a: a[1], pstate.params)
+    )
+    changed = max_abs_diff(results[1][0]["params"], init.params)
+    print(
+        json.dumps(
+            {
+                "shard_map_2_vs_1": max_abs_diff(results[2][0], results[1][0]),
+                "pmap_2_vs_1": max_abs_diff(pvars, results[1][0]),
+                "pmap_devices_agree": devices_agree,
+                "loss_2_vs_1": abs(float(results[2][1]["loss"]) - float(results[1][1]["loss"])),
+                "pmap_loss_vs_1": abs(float(pmetrics["loss"][0]) - float(results[1][1]["loss"])),
+                "params_changed_by": changed,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
