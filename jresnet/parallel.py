@@ -91,19 +91,22 @@ def check_divisible(batch_size: int, what: str, mesh: Mesh) -> None:
         )
 
 
-def global_batch(arrays: Sequence[np.ndarray], mesh: Mesh) -> list[jax.Array]:
+def global_batch(arrays: Sequence[np.ndarray], mesh: Mesh, batch_axis: int = 0) -> list[jax.Array]:
     """Turns host arrays holding a whole global batch into batch-sharded global arrays.
 
-    Every process passes the same global batch (``[B, ...]`` each) and uses only
-    its own contiguous block of ``B / process_count`` rows, which lands on its
-    local devices.
+    Every process passes the same global batch (each array has the batch
+    dimension ``B`` at ``batch_axis``, e.g. ``[K, B, ...]`` with ``batch_axis=1``
+    for K stacked steps) and uses only its own contiguous block of
+    ``B / process_count`` examples, which lands on its local devices.
     """
-    sharding = batch_sharded(mesh)
+    spec = PartitionSpec(*([None] * batch_axis), BATCH_AXIS)
+    sharding = NamedSharding(mesh, spec)
     count, index = jax.process_count(), jax.process_index()
     out = []
     for array in arrays:
-        rows = array.shape[0] // count
-        local = array[index * rows : (index + 1) * rows]
+        rows = array.shape[batch_axis] // count
+        block = np.arange(index * rows, (index + 1) * rows)
+        local = array if count == 1 else np.take(array, block, axis=batch_axis)
         out.append(jax.make_array_from_process_local_data(sharding, local, array.shape))
     return out
 

@@ -48,7 +48,9 @@ def main() -> None:
         mesh = parallel.create_mesh(jax.devices()[:n])
         step = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
         state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)  # the step donates it
-        state, metrics = step(state, *parallel.global_batch((images, labels), mesh), key)
+        batch = parallel.global_batch((images[None], labels[None]), mesh, batch_axis=1)
+        state, metrics = step(state, *batch, key)
+        metrics = jax.tree.map(lambda m: m[0], metrics)
         results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
 
     # The step function under pmap: the batch split into 2 device shards.

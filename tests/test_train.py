@@ -246,3 +246,37 @@ def test_prepare_workdir_rejects_a_file(tmp_path):
     with pytest.raises(train.ConfigError, match="can't be created"):
         train.prepare_workdir(str(path / "sub"))
     assert path.read_text() == "precious"
+
+
+def test_several_steps_per_call_equal_single_steps():
+    """K fused steps (unrolled scan) = K calls of one step, augmentation included."""
+    from jresnet import input_pipeline, parallel
+
+    config = _config()
+    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=2)  # lr changes mid-call
+    tx = train.create_optimizer(config, lr_fn)
+    model = models.create_model("resnet8")
+    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mesh = parallel.create_mesh(jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, (4, 8)).astype(np.int32)
+    key = jax.random.key(3)
+    init = train.create_train_state(jax.random.key(0), model, tx)
+
+    def run(steps_per_call):
+        fn = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
+        state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)
+        losses = []
+        for start in range(0, 4, steps_per_call):
+            chunk = (images[start : start + steps_per_call], labels[start : start + steps_per_call])
+            state, metrics = fn(state, *parallel.global_batch(chunk, mesh, batch_axis=1), key)
+            losses.extend(np.asarray(metrics["loss"]))
+        return state, np.array(losses)
+
+    single, single_losses = run(1)
+    fused, fused_losses = run(4)
+    assert int(fused.step) == int(single.step) == 4
+    np.testing.assert_allclose(fused_losses, single_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(single.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
