@@ -11,8 +11,12 @@ Examples:
 
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from jresnet import xla_setup
+
+xla_setup.configure_cpu_flags()  # XLA:CPU speed flag; must precede the first JAX import
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "jresnet", "configs", "default.py")
 
