@@ -124,6 +124,14 @@ def restore_state(
     return dict(restored.state)
 
 
+def saved_state_keys(manager: ocp.CheckpointManager, step: int) -> set[str]:
+    """Top-level keys of the ``state`` item of checkpoint ``step`` (without reading arrays)."""
+    try:
+        return set(manager.item_metadata(step)["state"].tree)
+    except Exception:  # unreadable metadata: let the restore report it
+        return {"step", "params", "batch_stats", "opt_state"}
+
+
 def restore_latest(
     manager: ocp.CheckpointManager,
     target: Mapping[str, Any] | None = None,

@@ -44,12 +44,17 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Progress lines with throughput and ETA, measured from the first step after compile."""
+    """Progress lines with throughput and ETA, measured from `restart` (after compilation)."""
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int):
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.start_step = start_step
+        self.start_time = time.time()
+
+    def restart(self, step: int) -> None:
+        """Measures from now and ``step`` on (call after compilation)."""
+        self.start_step = step
         self.start_time = time.time()
 
     def _rate_and_eta(self, step: int) -> tuple[float, float]:

@@ -41,6 +41,22 @@ from jax.sharding import PartitionSpec as P
 from jresnet import checkpoint, input_pipeline, models, parallel, reporting
 
 SCHEDULES = ("cosine_epoch", "cosine", "multistep", "constant")
+# Config keys that change the training trajectory (a resume with other values warns).
+RECIPE_KEYS = (
+    "train_split",
+    "batch_size",
+    "num_epochs",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "lr_boundaries",
+    "warmup_steps",
+    "warmup_learning_rate",
+    "augment",
+    "normalization",
+    "seed",
+)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -478,15 +494,27 @@ def _restore_or_init(
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state.to_dict()
     )
+    latest = manager.latest_step()
+    if latest is not None and "opt_state" not in checkpoint.saved_state_keys(manager, latest):
+        raise checkpoint.CheckpointError(
+            f"{workdir} holds converted weights, not a training run; start training from "
+            f"them with --config.init_from={workdir} and another --workdir"
+        )
     restored = checkpoint.restore_latest(manager, target=target, config=config)
     if restored is not None:
-        step, state_dict, _ = restored
-        if "opt_state" not in state_dict:
-            raise checkpoint.CheckpointError(
-                f"{workdir} holds converted weights, not a training run; start training from "
-                f"them with --config.init_from={workdir} and another --workdir"
-            )
+        step, state_dict, saved_config = restored
         reporting.info(f"Resuming from the checkpoint at step {step} in {manager.directory}")
+        as_saved = lambda v: list(v) if isinstance(v, tuple) else v  # JSON has no tuples
+        changed = [
+            f"{key} {saved_config.get(key)!r} -> {config.get(key)!r}"
+            for key in RECIPE_KEYS
+            if saved_config.get(key) != as_saved(config.get(key))
+        ]
+        if changed:
+            reporting.info(
+                "warning: the recipe differs from the checkpoint's, so this run will not "
+                "match an uninterrupted one: " + ", ".join(changed)
+            )
         return TrainState.from_dict(state_dict)
     if config.init_from:
         variables = load_initial_variables(
@@ -594,6 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         for epoch in range(start_epoch, config.num_epochs):
             epoch_start = time.time()
+            compile_time = 0.0
             sums = None
             batches = input_pipeline.train_batches(
                 train_images, train_labels, config.batch_size, config.seed, epoch
@@ -602,7 +631,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for chunk in _chunks(batches, config.steps_per_call):
                 stacked = [np.stack(arrays) for arrays in zip(*chunk, strict=True)]
                 images, labels = parallel.global_batch(stacked, mesh, batch_axis=1)
+                first_call = len(chunk) not in train_fns
+                call_start = time.time()
                 state, metrics = train_fn(len(chunk))(state, images, labels, train_key)
+                if first_call:  # compiles: time it, and keep it out of the throughput
+                    jax.block_until_ready(state)
+                    compile_time += time.time() - call_start
+                    reporting.info(
+                        f"compiled {len(chunk)} train step(s) per call and ran them in "
+                        f"{time.time() - call_start:.1f}s"
+                    )
+                    progress.restart(int(parallel.to_host(state.step)))
                 lr = metrics.pop("learning_rate")[-1]
                 metrics = {k: v.sum() for k, v in metrics.items()}
                 sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
@@ -628,7 +667,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "train_accuracy": train_metrics["accuracy"],
                 "learning_rate": float(parallel.to_host(lr)),  # of the epoch's last step
                 **eval_metrics,
-                "images_per_s": steps_per_epoch * config.batch_size / epoch_time,
+                # Throughput of the training steps, compilation excluded.
+                "images_per_s": steps_per_epoch * config.batch_size / (epoch_time - compile_time),
                 "epoch_time_s": epoch_time,
             }
             metric = {"eval_accuracy": eval_metrics["eval_accuracy"]}

@@ -124,10 +124,12 @@ def test_kill_9_and_rerun_ends_with_exactly_the_uninterrupted_parameters(tmp_pat
     assert epochs == [1, 2, 3]
 
 
-def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir):
+def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys):
     assert main.run(_config(data_dir), str(tmp_path / "a")) == 0
     assert main.run(_config(data_dir, num_epochs=1), str(tmp_path / "b")) == 0
+    capsys.readouterr()
     assert main.run(_config(data_dir), str(tmp_path / "b")) == 0
+    assert "recipe differs from the checkpoint's" in capsys.readouterr().err
     # The 1-epoch run used the 1-epoch schedule for its epoch, which has the
     # same lr (0.1) in epoch 1 as the 3-epoch one, so the runs must agree.
     _assert_equal_trees(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
@@ -214,3 +216,16 @@ def test_diverging_loss_stops_with_a_message_and_keeps_good_checkpoints(tmp_path
     assert "training diverged" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["4"]
     _assert_equal_trees(_variables(workdir), good)
+
+
+def test_training_in_a_workdir_of_converted_weights_points_to_init_from(tmp_path, data_dir, capsys):
+    import jax.numpy as jnp
+
+    from jresnet import models
+
+    config = _config(data_dir)
+    variables = models.create_model("resnet8").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    checkpoint.save_pretrained(tmp_path / "converted", variables, config)
+    assert main.run(config, str(tmp_path / "converted")) == main.EXIT_USAGE
+    assert "--config.init_from=" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "converted" / "checkpoints") == ["0"]
