@@ -593,10 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Wrote {summary['path']} (step 0) with config model={config.model} "
         f"shortcut={config.shortcut} dataset={config.dataset} "
         f"normalization={config.normalization}.\n"
-        f"Evaluate it: python train.py --workdir {args.out_dir} --config.eval_only=True "
-        f"--config.model={config.model} --config.shortcut={config.shortcut} "
-        f"--config.dataset={config.dataset} --config.normalization={config.normalization} "
-        "[--config.data_dir=DIR]\n"
+        f"Evaluate it (with its saved model and normalisation): python train.py --workdir "
+        f"{args.out_dir} --config.eval_only=True [--config.data_dir=DIR]\n"
         f"or in Python: model, variables = jresnet.checkpoint.load_model({args.out_dir!r})"
     )
     return 0

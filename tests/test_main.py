@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from jresnet import checkpoint, main, prepare_data
+from jresnet import checkpoint, main
 from jresnet.configs import default
+from tests.conftest import REPO, train_command
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "model": "resnet8",
     "batch_size": 16,
@@ -30,22 +29,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A CIFAR-10 in TFDS format with 64 train and 40 test images."""
-    path = tmp_path_factory.mktemp("tfds")
-    rng = np.random.default_rng(0)
-
-    def split(n):
-        labels = rng.integers(0, 10, n).astype(np.int64)
-        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        images[..., 0] = np.clip(images[..., 0] // 2 + 12 * labels[:, None, None], 0, 255)
-        return images, labels
-
-    prepare_data.write_dataset(str(path), "cifar10", {"train": split(64), "test": split(40)})
-    return str(path)
-
-
 def _config(data_dir, **overrides):
     config = default.get_config()
     config.update({**TINY, "data_dir": data_dir, **overrides})
@@ -53,13 +36,7 @@ def _config(data_dir, **overrides):
 
 
 def _cli(workdir, data_dir, **overrides):
-    args = {**TINY, "data_dir": data_dir, **overrides}
-    return [
-        sys.executable,
-        str(REPO / "train.py"),
-        f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in args.items()),
-    ]
+    return train_command(workdir, **TINY, data_dir=data_dir, **overrides)
 
 
 def _variables(workdir):
@@ -229,3 +206,27 @@ def test_training_in_a_workdir_of_converted_weights_points_to_init_from(tmp_path
     assert main.run(config, str(tmp_path / "converted")) == main.EXIT_USAGE
     assert "--config.init_from=" in capsys.readouterr().err
     assert os.listdir(tmp_path / "converted" / "checkpoints") == ["0"]
+
+
+def test_eval_only_uses_the_checkpoints_own_architecture_and_normalization(
+    tmp_path, data_dir, capsys
+):
+    """A converted akamaster-style model (option A, ImageNet statistics) evaluates with the
+    default config (option B, CIFAR statistics) on the command line."""
+    import jax.numpy as jnp
+
+    from jresnet import input_pipeline, models
+
+    saved = _config(data_dir, shortcut="A", normalization="imagenet")
+    model = models.create_model("resnet8", shortcut="A")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    checkpoint.save_pretrained(tmp_path / "converted", variables, saved)
+    assert main.run(_config(data_dir, eval_only=True), str(tmp_path / "converted")) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    images, labels = input_pipeline.load_split("cifar10", "test", data_dir)
+    mean, std = input_pipeline.NORMALIZATIONS["imagenet"]
+    logits = model.apply(variables, input_pipeline.normalize(images, mean, std))
+    expected = float(np.mean(np.argmax(logits, axis=-1) == labels))
+    assert metrics["eval_accuracy"] == pytest.approx(expected)
+    assert metrics["eval_count"] == 40

@@ -12,15 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from jresnet import checkpoint, parallel, prepare_data
+from jresnet import checkpoint, parallel
+from tests.conftest import REPO, train_command
 
-REPO = Path(__file__).resolve().parents[1]
 # 3 epochs of 2 steps. lr 0.02 (not 0.1) keeps the amplification of rounding
 # differences (reduction order across processes) small enough to compare params.
 TINY = {
@@ -58,21 +57,6 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
         parallel.check_divisible(10, "--config.batch_size", fake)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    rng = np.random.default_rng(0)
-    splits = {
-        name: (
-            rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            rng.integers(0, 10, n).astype(np.int64),
-        )
-        for name, n in (("train", 64), ("test", 30))
-    }
-    prepare_data.write_dataset(str(path), "cifar10", splits)
-    return str(path)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,13 +64,7 @@ def _free_port() -> int:
 
 
 def _command(workdir, data_dir, **distributed):
-    args = {**TINY, "data_dir": data_dir, **distributed}
-    return [
-        sys.executable,
-        str(REPO / "train.py"),
-        f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in args.items()),
-    ]
+    return train_command(workdir, **TINY, data_dir=data_dir, **distributed)
 
 
 def _start_two_processes(workdir, data_dir):
