@@ -298,7 +298,8 @@ def make_train_fn(
     `jax.shard_map`, averaging over the ``"batch"`` axis.
 
     The K steps are a `lax.scan` unrolled K times: one dispatch per K steps and
-    no XLA while loop (convolutions inside XLA:CPU loops are ~20x slower).
+    no XLA while loop (convolutions inside XLA:CPU loops are ~20x slower; even a
+    length-1 scan is a loop, so K = 1 calls the step directly).
     ``state`` is donated: its buffers are reused.
     """
     step = functools.partial(
@@ -330,6 +331,9 @@ def make_train_fn(
                 x = input_pipeline.normalize(images, mean, std)
             return sharded_step(state, {"image": x, "label": labels})
 
+        if steps_per_call == 1:  # a length-1 scan would still lower to a while loop
+            state, metrics = one_step(state, (images[0], labels[0]))
+            return state, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(one_step, state, (images, labels), unroll=steps_per_call)
 
     return jax.jit(run, donate_argnums=0)

@@ -26,6 +26,7 @@ TINY = {
     "eval_batch_size": 24,
     "num_epochs": 3,
     "log_every_steps": 2,
+    "steps_per_call": 1,  # compiles fastest; test_train covers several steps per call
 }
 
 
@@ -36,7 +37,7 @@ def _config(data_dir, **overrides):
 
 
 def _cli(workdir, data_dir, **overrides):
-    return train_command(workdir, **TINY, data_dir=data_dir, **overrides)
+    return train_command(workdir, **{**TINY, "data_dir": data_dir, **overrides})
 
 
 def _variables(workdir):
@@ -51,11 +52,12 @@ def _assert_equal_trees(a, b):
 
 
 def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(tmp_path, data_dir):
-    result = subprocess.run(
-        _cli(tmp_path / "run", data_dir), capture_output=True, text=True, timeout=300, cwd=REPO
-    )
+    # 4 steps per epoch run as calls of 3 + 1 fused steps.
+    cmd = _cli(tmp_path / "run", data_dir, steps_per_call=3)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    for text in ("epoch 1/3 step 2/4", "epoch 3/3 done", "eval acc", "img/s", "ETA", "Finished"):
+    assert "compiled 3 train step(s) per call" in result.stderr
+    for text in ("epoch 1/3 step 3/4", "epoch 3/3 done", "eval acc", "img/s", "ETA", "Finished"):
         assert text in result.stderr
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]

@@ -29,6 +29,7 @@ TINY = {
     "num_epochs": 3,
     "learning_rate": 0.02,
     "log_every_steps": 1,
+    "steps_per_call": 1,
 }
 
 
@@ -64,7 +65,7 @@ def _free_port() -> int:
 
 
 def _command(workdir, data_dir, **distributed):
-    return train_command(workdir, **TINY, data_dir=data_dir, **distributed)
+    return train_command(workdir, **{**TINY, "data_dir": data_dir, **distributed})
 
 
 def _start_two_processes(workdir, data_dir):
