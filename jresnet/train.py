@@ -529,6 +529,15 @@ def _restore_or_init(
     return parallel.replicate(state, mesh)
 
 
+def _throughput(
+    steps: int, compile_steps: int, batch_size: int, seconds: float, compile_seconds: float
+) -> float:
+    """Images/s of an epoch, leaving out the calls that compiled (if any others ran)."""
+    if steps > compile_steps:
+        steps, seconds = steps - compile_steps, seconds - compile_seconds
+    return steps * batch_size / max(seconds, 1e-9)
+
+
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive lists of ``size`` items (the last may be shorter)."""
     chunk = []
@@ -626,7 +635,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         for epoch in range(start_epoch, config.num_epochs):
             epoch_start = time.time()
-            compile_time = 0.0
+            compile_time, compile_steps = 0.0, 0
             sums = None
             batches = input_pipeline.train_batches(
                 train_images, train_labels, config.batch_size, config.seed, epoch
@@ -641,6 +650,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if first_call:  # compiles: time it, and keep it out of the throughput
                     jax.block_until_ready(state)
                     compile_time += time.time() - call_start
+                    compile_steps += len(chunk)
                     reporting.info(
                         f"compiled {len(chunk)} train step(s) per call and ran them in "
                         f"{time.time() - call_start:.1f}s"
@@ -671,8 +681,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "train_accuracy": train_metrics["accuracy"],
                 "learning_rate": float(parallel.to_host(lr)),  # of the epoch's last step
                 **eval_metrics,
-                # Throughput of the training steps, compilation excluded.
-                "images_per_s": steps_per_epoch * config.batch_size / (epoch_time - compile_time),
+                # Throughput of the steps whose calls did not compile.
+                "images_per_s": _throughput(
+                    steps_per_epoch, compile_steps, config.batch_size, epoch_time, compile_time
+                ),
                 "epoch_time_s": epoch_time,
             }
             metric = {"eval_accuracy": eval_metrics["eval_accuracy"]}
