@@ -2,7 +2,8 @@
 
 The seed (kuangliu/pytorch-cifar adapted to ResNet-20) trains, eagerly and in NCHW:
 
-* ResNet-20 with option B shortcuts: ``conv1`` 3x3/16 without bias, ``bn1``, three
+* ResNet-20 with option B shortcuts (``tests/torch_reference.py``, the network the
+  parity tests check jresnet against): ``conv1`` 3x3/16 without bias, ``bn1``, three
   stages ``layer1..3`` of 3 `BasicBlock` each (16/32/64 planes; stages 2 and 3 start
   with stride 2; a 1x1 convolution + BatchNorm shortcut where the shape changes),
   ``avg_pool2d`` over the whole map and a ``linear`` classifier;
@@ -27,14 +28,18 @@ Standalone use (a few steps on random data, or on arrays from an ``.npz``)::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import torch_reference
 
 SEED_MEAN = (0.4914, 0.4822, 0.4465)
 SEED_STD = (0.2023, 0.1994, 0.2010)
@@ -48,57 +53,9 @@ WEIGHT_DECAY = 1e-4
 # Model.
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and a shortcut: ``relu(bn2(conv2(relu(bn1(conv1 x)))) + sc(x))``."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:  # option B: projection where the shape changes
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = out + self.shortcut(x)
-        return F.relu(out)
-
-
-class SeedResNet(nn.Module):
-    """CIFAR ResNet of depth ``6 * blocks + 2`` (ResNet-20 for ``blocks=3``), option B."""
-
-    def __init__(self, blocks: int = 3, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        in_planes = 16
-        stages = []
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            layers = []
-            for s in [stride] + [1] * (blocks - 1):
-                layers.append(BasicBlock(in_planes, planes, s))
-                in_planes = planes
-            stages.append(nn.Sequential(*layers))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.avg_pool2d(out, out.size(3))
-        return self.linear(out.view(out.size(0), -1))
-
-
-def resnet20() -> SeedResNet:
-    """The seed's ResNet-20 (272,474 parameters)."""
-    return SeedResNet(blocks=3)
+def resnet20() -> nn.Module:
+    """The seed's ResNet-20, option B (272,474 parameters): the parity tests' reference."""
+    return torch_reference.torch_resnet(20, "B")
 
 
 # --------------------------------------------------------------------------------------------
