@@ -232,3 +232,18 @@ def test_eval_only_uses_the_checkpoints_own_architecture_and_normalization(
     expected = float(np.mean(np.argmax(logits, axis=-1) == labels))
     assert metrics["eval_accuracy"] == pytest.approx(expected)
     assert metrics["eval_count"] == 40
+
+
+def test_init_from_a_pytorch_checkpoint_file(tmp_path, data_dir):
+    torch = pytest.importorskip("torch")
+    from jresnet import convert
+    from tests import torch_reference
+
+    torch.manual_seed(0)
+    source = tmp_path / "ckpt.pth"
+    torch.save({"net": torch_reference.torch_resnet(8, "B").state_dict(), "acc": 0.0}, source)
+    config = _config(data_dir, num_epochs=1, learning_rate=0.0, weight_decay=0.0)
+    config.init_from = str(source)
+    assert main.run(config, str(tmp_path / "finetune")) == 0
+    expected = convert.torch_to_flax(convert.load_torch_checkpoint(str(source)))
+    _assert_equal_trees(_variables(tmp_path / "finetune")["params"], expected["params"])
