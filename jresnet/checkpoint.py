@@ -195,7 +195,9 @@ def check_compatible(
         )
 
 
-def model_from_config(config: ml_collections.ConfigDict, axis_name: str | None = None):
+def model_from_config(
+    config: ml_collections.ConfigDict, axis_name: str | None = None
+) -> models.ResNet:
     """Builds the `models.ResNet` a config describes."""
     from jresnet import input_pipeline  # local import: keeps the model importable alone
 
