@@ -41,7 +41,6 @@ import functools
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import statistics
@@ -441,30 +440,9 @@ def has_while_loop(lowered: Any) -> bool:
     Such loops are about 20x slower on XLA:CPU (jax-ml/jax#12868). While loops without
     convolutions (e.g. threefry's rolled rounds on CPU) are harmless and not counted.
     """
-    text = lowered.as_text()
-    starts = [(m.start(), m.group(1)) for m in re.finditer(r"func\.func \w+ @([\w.$-]+)", text)]
-    bodies = {
-        name: text[start : (starts[i + 1][0] if i + 1 < len(starts) else len(text))]
-        for i, (start, name) in enumerate(starts)
-    }
-    callees = {name: set(re.findall(r"call @([\w.$-]+)", body)) for name, body in bodies.items()}
-    has_conv = {name for name, body in bodies.items() if "stablehlo.convolution" in body}
-    changed = True
-    while changed:  # transitive: functions that call a function with convolutions
-        grown = {n for n, c in callees.items() if c & has_conv} | has_conv
-        changed, has_conv = grown != has_conv, grown
-    for match in re.finditer(r"stablehlo\.while", text):
-        do = text.find("do {", match.end())
-        depth, end = 0, do
-        for end in range(do + 3, len(text)):  # the matching brace of the loop body
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            if depth == 0:
-                break
-        region = text[do:end]
-        called = set(re.findall(r"call @([\w.$-]+)", region))
-        if "stablehlo.convolution" in region or called & has_conv:
-            return True
-    return False
+    from tests import stablehlo_loops  # the repository root is on sys.path in workers
+
+    return stablehlo_loops.convolutions_in_while_loops(lowered.as_text()) > 0
 
 
 def worker_e2e(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:

@@ -1,7 +1,5 @@
 """jresnet.train: schedules, optimizer and steps against PyTorch; config checks."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,7 @@ from jresnet.configs import default
 torch = pytest.importorskip("torch")
 
 from jresnet import convert  # noqa: E402  (needs torch)
-from tests import torch_reference  # noqa: E402
+from tests import stablehlo_loops, torch_reference  # noqa: E402
 
 
 def _config(**overrides):
@@ -284,23 +282,6 @@ def test_several_steps_per_call_equal_single_steps():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _blocks(lines: list[str], opens, closes_after=None) -> list[list[str]]:
-    """Line blocks from an opening line to the ``}`` at its indentation (after ``closes_after``)."""
-    blocks = []
-    for i, line in enumerate(lines):
-        if not opens(line):
-            continue
-        indent = " " * (len(line) - len(line.lstrip()))
-        armed = closes_after is None
-        for j in range(i + 1, len(lines)):
-            if lines[j] == indent + (closes_after or ""):
-                armed = True
-            elif armed and lines[j] == indent + "}":
-                blocks.append(lines[i : j + 1])
-                break
-    return blocks
-
-
 def _rolled_scan_of_a_convolution() -> str:
     def f(x, w):
         step = lambda c, _: (jax.lax.conv(c, w, (1, 1), "SAME"), None)
@@ -309,31 +290,14 @@ def _rolled_scan_of_a_convolution() -> str:
     return jax.jit(f).lower(jnp.zeros((1, 2, 8, 8)), jnp.zeros((2, 2, 3, 3))).as_text()
 
 
-def _convolutions_in_while_loops(stablehlo: str) -> int:
-    """How many while loops of a StableHLO module reach a convolution (through calls too)."""
-    lines = stablehlo.splitlines()
-    functions = {
-        re.search(r"@([\w.]+)\(", block[0]).group(1): "\n".join(block)
-        for block in _blocks(lines, lambda line: line.lstrip().startswith("func.func"))
-    }
-
-    def reaches_conv(text, seen):
-        if "stablehlo.convolution" in text:
-            return True
-        callees = set(re.findall(r"func\.call @([\w.]+)", text)) - seen
-        seen |= callees
-        return any(reaches_conv(functions[c], seen) for c in callees)
-
-    loops = _blocks(lines, lambda line: "stablehlo.while(" in line, closes_after="} do {")
-    return sum(reaches_conv("\n".join(loop), set()) for loop in loops)
-
-
 @pytest.mark.parametrize("steps_per_call", [1, 3])
 def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     """Convolutions inside an XLA:CPU while loop run ~50x slower (9 img/s, measured).
 
     (The random-bit generator has small while loops of its own; they are fine.)"""
-    assert _convolutions_in_while_loops(_rolled_scan_of_a_convolution()) == 1  # detector works
+    assert (
+        stablehlo_loops.convolutions_in_while_loops(_rolled_scan_of_a_convolution()) == 1
+    )  # detector works
     from jresnet import input_pipeline, parallel
 
     config = _config()
@@ -347,5 +311,5 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     images = jax.ShapeDtypeStruct((steps_per_call, 8, 32, 32, 3), jnp.uint8)
     labels = jax.ShapeDtypeStruct((steps_per_call, 8), jnp.int32)
     hlo = fn.lower(state, images, labels, jax.random.key(1)).as_text()
-    assert _convolutions_in_while_loops(hlo) == 0
+    assert stablehlo_loops.convolutions_in_while_loops(hlo) == 0
     assert hlo.count("stablehlo.convolution") >= steps_per_call * 7  # forward convs, each step
