@@ -236,19 +236,13 @@ def save_pretrained(
         return checkpoint_dir(workdir)
 
 
-def load_model(
+def load_variables(
     workdir: str | os.PathLike[str], step: int | None = None
-) -> tuple[models.ResNet, dict[str, Any]]:
-    """Rebuilds a trained (or converted) model from its work directory.
+) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+    """``({"params", "batch_stats"}, config)`` of one checkpoint of a work directory.
 
-    Args:
-      workdir: the ``--workdir`` of a training run or of ``jresnet.convert``.
-      step: checkpoint step; default the latest.
-
-    Returns:
-      ``(model, variables)`` with ``variables = {"params", "batch_stats"}``, so
-      ``model.apply(variables, x, train=False)`` gives logits for NHWC images
-      normalised as the saved config's ``normalization`` says.
+    Both come from the same checkpoint: ``step``, or the newest readable one
+    (see `restore_latest`).
     """
     path = checkpoint_dir(workdir)
     if not os.path.isdir(path):
@@ -266,8 +260,25 @@ def load_model(
                 )
             config = read_config(manager, step)
             state = restore_state(manager, step)
-    model = model_from_config(config)
-    return model, {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}, config
+
+
+def load_model(
+    workdir: str | os.PathLike[str], step: int | None = None
+) -> tuple[models.ResNet, dict[str, Any]]:
+    """Rebuilds a trained (or converted) model from its work directory.
+
+    Args:
+      workdir: the ``--workdir`` of a training run or of ``jresnet.convert``.
+      step: checkpoint step; default the latest.
+
+    Returns:
+      ``(model, variables)`` with ``variables = {"params", "batch_stats"}``, so
+      ``model.apply(variables, x, train=False)`` gives logits for NHWC images
+      normalised as the saved config's ``normalization`` says.
+    """
+    variables, config = load_variables(workdir, step)
+    return model_from_config(config), variables
 
 
 def load_config(

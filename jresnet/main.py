@@ -13,7 +13,6 @@ from jresnet import checkpoint, convert, input_pipeline, parallel, train
 # Failures caused by the user's input or environment: a message, no traceback.
 EXPECTED_ERRORS = (
     train.ConfigError,
-    train.TrainingDivergedError,
     checkpoint.CheckpointError,
     input_pipeline.DatasetNotFoundError,
     input_pipeline.DataError,

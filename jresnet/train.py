@@ -457,9 +457,8 @@ def load_initial_variables(
     """
     source = os.path.expanduser(config.init_from)
     if os.path.isdir(source):
-        saved = checkpoint.load_config(source)
+        variables, saved = checkpoint.load_variables(source)
         checkpoint.check_compatible(saved, config, source)
-        _, variables = checkpoint.load_model(source)
     elif os.path.isfile(source):
         from jresnet import convert  # needs torch, an optional dependency
 
@@ -712,8 +711,7 @@ def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) 
     if not os.path.isdir(checkpoint.checkpoint_dir(workdir)) and config.init_from:
         source = os.path.expanduser(config.init_from)
     if os.path.isdir(source):
-        _, variables = checkpoint.load_model(source)
-        saved = checkpoint.load_config(source)
+        variables, saved = checkpoint.load_variables(source)
         model_config = config.copy_and_resolve_references()
         for key in (*checkpoint.ARCHITECTURE_KEYS, "weight_init", "dtype", "normalization"):
             if key in saved:
