@@ -1,6 +1,6 @@
 """jresnet against a PyTorch reproduction of the seed's training, on this machine, in one run.
 
-Usage (from anywhere; about 13 minutes on 2 cores, ``--quick`` about 2)::
+Usage (from anywhere; about 16 minutes on 2 cores, ``--quick`` about 3)::
 
     python benchmarks/run.py [--quick] [--data-dir /work/data/tfds] [--rounds 3] [--output PATH]
 
@@ -23,6 +23,9 @@ Measurements:
    ``DataLoader(num_workers=2)`` loop, eager and channels_last.
 3. eval: batch 1000, inference mode.
 4. peak RSS of each configuration's process (and of its DataLoader workers).
+5. each of ResNet-20's 21 convolutions alone (forward, input gradient, weight gradient),
+   XLA (shipped flags, on 1 CPU, default flags) against torch (eager, channels_last), and
+   their count-weighted sum per training step: where the model step's time goes.
 
 Plus the fp32 matmul peak (4096 x 4096; numpy, jax and torch), the CPU time other processes
 took meanwhile (the run's noise), and, once, where jresnet's training step spends time
@@ -76,7 +79,7 @@ class Config:
 
     Attributes:
       name: identifier (the worker's ``--worker`` argument).
-      measure: "matmul", "step", "e2e", "eval" or "diag".
+      measure: "matmul", "step", "e2e", "eval", "diag" or "convs".
       framework: "numpy", "jax" or "torch".
       label: row label in the report (``{k}``: the fused steps per call).
       xla: JAX only: "default" (XLA_FLAGS unset), "ynn" (``XLA_FLAGS=YNN_FLAG``) or
@@ -86,6 +89,8 @@ class Config:
         ``jax.jit(train_step)``.
       fused: JAX: ``Sizes.fused_steps`` training steps per jitted call.
       once: run in the first round only (not part of the interleaved comparison).
+      cpus: pin the worker to its first ``cpus`` usable CPUs before anything is imported
+        (None: all of them).
     """
 
     name: str
@@ -97,6 +102,7 @@ class Config:
     driver: bool = False
     fused: bool = False
     once: bool = False
+    cpus: int | None = None
 
 
 CONFIGS: tuple[Config, ...] = (
@@ -150,6 +156,11 @@ CONFIGS: tuple[Config, ...] = (
         "eval-torch-cl", "eval", "torch", "torch channels_last, inference_mode", channels_last=True
     ),
     Config("diag-jax", "diag", "jax", "jresnet step breakdown", xla="shipped", once=True),
+    Config("convs-jax", "convs", "jax", "XLA, train.py's flags", xla="shipped"),
+    Config("convs-jax-1cpu", "convs", "jax", "XLA, train.py's flags, 1 CPU", xla="shipped", cpus=1),
+    Config("convs-jax-default", "convs", "jax", "XLA, default flags"),
+    Config("convs-torch", "convs", "torch", "torch eager NCHW"),
+    Config("convs-torch-cl", "convs", "torch", "torch channels_last", channels_last=True),
 )
 CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
 TORCH_EAGER = {"step": "step-torch", "e2e": "e2e-torch", "eval": "eval-torch"}
@@ -170,6 +181,7 @@ class Sizes:
     eval_batches: int
     diag_steps: int
     matmul_reps: int
+    conv_reps: int  # timed calls per convolution and pass (median)
     measure_rolled: bool  # measure drivers that run convolutions in a rolled XLA while loop
 
 
@@ -184,6 +196,7 @@ FULL = Sizes(
     eval_batches=5,
     diag_steps=10,
     matmul_reps=3,
+    conv_reps=15,
     measure_rolled=True,
 )
 QUICK = Sizes(
@@ -197,6 +210,7 @@ QUICK = Sizes(
     eval_batches=2,
     diag_steps=5,
     matmul_reps=2,
+    conv_reps=3,
     measure_rolled=False,
 )
 
@@ -697,6 +711,137 @@ def worker_diag(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvShape:
+    """One distinct convolution of ResNet-20 (option B) at batch 128; ``count``: how many."""
+
+    label: str
+    size: int  # input height = width
+    c_in: int
+    c_out: int
+    kernel: int  # 3 (padding 1) or 1 (no padding)
+    stride: int
+    count: int
+    has_dx: bool = True  # the first convolution's input gradient is never computed
+
+    def flop(self) -> float:
+        """FLOP of one pass (forward, input gradient or weight gradient): 2 per MAC."""
+        out = self.size // self.stride
+        return 2.0 * BATCH * out * out * self.c_out * self.c_in * self.kernel**2
+
+
+RESNET20_CONVS = (
+    ConvShape("conv1 3x3 3->16, 32x32", 32, 3, 16, 3, 1, 1, has_dx=False),
+    ConvShape("3x3 16->16, 32x32", 32, 16, 16, 3, 1, 6),
+    ConvShape("3x3 16->32 stride 2, 32x32", 32, 16, 32, 3, 2, 1),
+    ConvShape("1x1 16->32 stride 2 (shortcut)", 32, 16, 32, 1, 2, 1),
+    ConvShape("3x3 32->32, 16x16", 16, 32, 32, 3, 1, 5),
+    ConvShape("3x3 32->64 stride 2, 16x16", 16, 32, 64, 3, 2, 1),
+    ConvShape("1x1 32->64 stride 2 (shortcut)", 16, 32, 64, 1, 2, 1),
+    ConvShape("3x3 64->64, 8x8", 8, 64, 64, 3, 1, 5),
+)
+CONV_PASSES = ("fwd", "dx", "dw")
+
+
+def _median_ms(fn: Callable[[], Any], sync: Callable[[Any], Any], reps: int) -> float:
+    """Median milliseconds of ``reps`` synced calls of ``fn`` after two warm-up calls."""
+    for _ in range(2):
+        sync(fn())
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
+    """Milliseconds of each of ResNet-20's convolutions alone: forward, input and weight gradient.
+
+    Random float32 data at batch 128. JAX: the model's own convolution
+    (``lax.conv_general_dilated``, NHWC/HWIO, explicit padding) and its `jax.vjp` with
+    respect to the input or the kernel, each jitted alone. torch: ``F.conv2d`` and
+    ``torch.nn.grad.conv2d_input`` / ``conv2d_weight`` (autograd's own kernels).
+    """
+    out: dict[str, Any] = {"ms": {}}
+    if cfg.framework == "torch":
+        import torch
+        import torch.nn.functional as F
+        from torch.nn import grad
+
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        for shape in RESNET20_CONVS:
+            pad = shape.kernel // 2
+            x = torch.randn(BATCH, shape.c_in, shape.size, shape.size).to(memory_format=fmt)
+            w = torch.randn(shape.c_out, shape.c_in, shape.kernel, shape.kernel)
+            w = w.to(memory_format=fmt)
+            y = F.conv2d(x, w, stride=shape.stride, padding=pad)
+            dy = torch.randn_like(y)
+            calls = {
+                "fwd": lambda x=x, w=w, s=shape, p=pad: F.conv2d(x, w, stride=s.stride, padding=p),
+                "dx": lambda x=x, w=w, dy=dy, s=shape, p=pad: grad.conv2d_input(
+                    x.shape, w, dy, stride=s.stride, padding=p
+                ),
+                "dw": lambda x=x, w=w, dy=dy, s=shape, p=pad: grad.conv2d_weight(
+                    x, w.shape, dy, stride=s.stride, padding=p
+                ),
+            }
+            with torch.no_grad():
+                out["ms"][shape.label] = {
+                    name: _median_ms(call, lambda r: r, sizes.conv_reps)
+                    for name, call in calls.items()
+                    if name != "dx" or shape.has_dx
+                }
+        out["torch_threads"] = torch.get_num_threads()
+        return out
+
+    import jax
+    import numpy as np
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+    for shape in RESNET20_CONVS:
+        pad = ((1, 1), (1, 1)) if shape.kernel == 3 else ((0, 0), (0, 0))
+
+        def conv(x: Any, w: Any, shape: ConvShape = shape, pad: Any = pad) -> Any:
+            return lax.conv_general_dilated(
+                x, w, (shape.stride,) * 2, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+
+        def draw(*dims: int) -> Any:
+            return jax.numpy.asarray(rng.standard_normal(dims, np.float32))
+
+        x = draw(BATCH, shape.size, shape.size, shape.c_in)
+        w = draw(shape.kernel, shape.kernel, shape.c_in, shape.c_out)
+        dy = draw(*jax.eval_shape(conv, x, w).shape)
+        fwd = jax.jit(conv)
+        dx = jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+        dw = jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+        calls = {
+            "fwd": lambda fwd=fwd, x=x, w=w: fwd(x, w),
+            "dx": lambda dx=dx, x=x, w=w, dy=dy: dx(x, w, dy),
+            "dw": lambda dw=dw, x=x, w=w, dy=dy: dw(x, w, dy),
+        }
+        out["ms"][shape.label] = {
+            name: _median_ms(call, jax.block_until_ready, sizes.conv_reps)
+            for name, call in calls.items()
+            if name != "dx" or shape.has_dx
+        }
+    out["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    out["cpus"] = len(os.sched_getaffinity(0))
+    return out
+
+
+def conv_totals(ms: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Count-weighted sums over ResNet-20's convolutions: ms per training step, per pass."""
+    totals = {
+        name: sum(shape.count * ms[shape.label].get(name, 0.0) for shape in RESNET20_CONVS)
+        for name in CONV_PASSES
+    }
+    totals["all"] = sum(totals.values())
+    return totals
+
+
 def worker_prepare(data_dir: str, out_dir: str) -> dict[str, Any]:
     """Loads the TFDS CIFAR-10 splits once and stores them as .npy for the workers."""
     import numpy as np
@@ -722,6 +867,8 @@ def run_worker(args: argparse.Namespace) -> None:
         result = worker_prepare(args.data_dir, args.data)
     else:
         cfg = CONFIG_BY_NAME[args.worker]
+        if cfg.cpus is not None:  # before any import starts a thread pool
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: cfg.cpus])
         if cfg.xla == "shipped":  # as train.py does, before the first JAX import
             try:
                 from jresnet import xla_setup
@@ -735,6 +882,7 @@ def run_worker(args: argparse.Namespace) -> None:
             "e2e": lambda: worker_e2e(cfg, sizes, args.data),
             "eval": lambda: worker_eval(cfg, sizes, args.data),
             "diag": lambda: worker_diag(cfg, sizes, args.data),
+            "convs": lambda: worker_convs(cfg, sizes),
         }[cfg.measure]
         result = fn()
     result.update(_rss_mb())
@@ -1062,6 +1210,7 @@ def render_report(report: dict[str, Any]) -> str:
     diag = next((r for r in runs.get("diag-jax", []) if "error" not in r), None)
     if diag:
         lines += render_diag(diag)
+    lines += render_convs(runs, img)
 
     lines += [
         "## Commands",
@@ -1082,6 +1231,67 @@ def render_report(report: dict[str, Any]) -> str:
         lines += [f"- {n}: `{e[-300:]}`" for n, e in errors.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def render_convs(runs: dict[str, list[dict[str, Any]]], img: dict[str, Any]) -> list[str]:
+    """The per-convolution section: where the model step's time goes, XLA against oneDNN."""
+    configs = [c for c in CONFIGS if c.measure == "convs" and c.name in runs]
+    medians: dict[str, dict[str, dict[str, float]]] = {}
+    for cfg in configs:
+        results = [r["ms"] for r in runs[cfg.name] if "ms" in r]
+        if results:
+            medians[cfg.name] = {
+                shape.label: {
+                    name: statistics.median(r[shape.label][name] for r in results)
+                    for name in results[0][shape.label]
+                }
+                for shape in RESNET20_CONVS
+            }
+    if not medians:
+        return []
+    shown = [c for c in configs if c.name in medians]
+
+    def cell(ms: dict[str, float]) -> str:
+        return " / ".join(_fmt(ms[name], 2) if name in ms else "-" for name in CONV_PASSES)
+
+    lines = [
+        "## 4. Convolutions alone: where the model step's time goes",
+        "",
+        "Each of ResNet-20's convolutions at batch 128, jitted (JAX) or called (torch) alone "
+        "on random float32 data: median ms of the forward pass / the input gradient (dx) / "
+        "the weight gradient (dw), each its own call, over rounds. 'XLA, 1 CPU': the same "
+        "process pinned to one CPU; a pass that takes as long there as with 2 CPUs runs "
+        "single-threaded. The totals weight each convolution by how often ResNet-20 has it "
+        "(21 in all), i.e. the convolution time of one training step, beside the whole "
+        "step measured in section 1 (ms per batch of 128).",
+        "",
+        "| convolution (count) | " + " | ".join(c.label for c in shown) + " |",
+        "|---|" + "---:|" * len(shown),
+    ]
+    for shape in RESNET20_CONVS:
+        cells = [cell(medians[c.name][shape.label]) for c in shown]
+        lines.append(f"| {shape.label} (x{shape.count}) | " + " | ".join(cells) + " |")
+    totals = {c.name: conv_totals(medians[c.name]) for c in shown}
+    lines.append(
+        "| **per training step: fwd / dx / dw** | "
+        + " | ".join(f"**{cell(totals[c.name])}**" for c in shown)
+        + " |"
+    )
+    lines.append(
+        "| **per training step: all convolutions** | "
+        + " | ".join(f"**{_fmt(totals[c.name]['all'], 1)}**" for c in shown)
+        + " |"
+    )
+    steps = {"convs-jax": "step-jax-fused", "convs-torch": "step-torch"}
+    steps["convs-torch-cl"] = "step-torch-cl"
+    whole = [
+        _fmt(BATCH / img[steps[c.name]]["median"] * 1e3, 1)
+        if c.name in steps and steps[c.name] in img
+        else ""
+        for c in shown
+    ]
+    lines += ["| whole step (section 1), ms | " + " | ".join(whole) + " |", ""]
+    return lines
 
 
 def render_diag(diag: dict[str, Any]) -> list[str]:
@@ -1205,7 +1415,9 @@ def main() -> None:
                 if result.get("rolled_while_loop"):
                     measure_once.add(cfg.name)
                     log(f"{cfg.name}: rolled XLA while loop (very slow), so measured only once")
-                shown = result.get("img_s", result.get("gflops"))
+                if "ms" in result:
+                    result["total_ms"] = conv_totals(result["ms"])["all"]
+                shown = result.get("img_s", result.get("gflops", result.get("total_ms")))
                 if result.get("skipped"):
                     log(f"round {r + 1}/{rounds} {cfg.name}: not measured (rolled while loop)")
                     continue
