@@ -18,9 +18,10 @@ and deletes the latest, so an explicit preservation policy is used instead.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -36,6 +37,35 @@ BEST_METRIC = "eval_accuracy"
 ARCHITECTURE_KEYS = ("model", "shortcut", "dataset")
 
 log = logging.getLogger(__name__)
+
+# Orbax warnings about settings jresnet chose on purpose: a manager opened read-only
+# (load_model, eval_only, init_from), and the step-0 checkpoint of converted weights,
+# which has no eval accuracy to rank by.
+_EXPECTED_ORBAX_WARNINGS = (
+    "Given directory is read only",
+    "Requested `tracked_metric`; did not provide metrics.",
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _without_expected_orbax_warnings() -> Iterator[None]:
+    """Drops `_EXPECTED_ORBAX_WARNINGS` (Orbax logs through absl's "absl" logger)."""
+    orbax_logger = logging.getLogger("absl")
+    drop = _DropMessages(_EXPECTED_ORBAX_WARNINGS)
+    orbax_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        orbax_logger.removeFilter(drop)
 
 
 class CheckpointError(RuntimeError):
@@ -64,15 +94,17 @@ def create_manager(
         enable_async_checkpointing=False,
         read_only=read_only,
         create=not read_only,
+        save_interval_steps=0 if read_only else 1,
     )
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir),
-        options=options,
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler(),
-        },
-    )
+    with _without_expected_orbax_warnings():
+        return ocp.CheckpointManager(
+            checkpoint_dir(workdir),
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+            },
+        )
 
 
 def save(
@@ -232,7 +264,8 @@ def save_pretrained(
             "params": variables["params"],
             "batch_stats": variables["batch_stats"],
         }
-        save(manager, 0, state, config)
+        with _without_expected_orbax_warnings():
+            save(manager, 0, state, config)
         return checkpoint_dir(workdir)
 
 

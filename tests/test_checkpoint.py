@@ -104,6 +104,29 @@ def test_load_model_rebuilds_the_saved_architecture(tmp_path):
     np.testing.assert_array_equal(model.apply(variables, x), expected)
 
 
+def test_converting_and_loading_log_no_warnings(tmp_path, caplog):
+    # Orbax warns about a read-only manager and a checkpoint without metrics; both are
+    # deliberate here, so users of load_model should not see them.
+    with caplog.at_level(logging.WARNING):
+        checkpoint.save_pretrained(tmp_path, _state(), _config())
+        checkpoint.load_model(tmp_path)
+        checkpoint.load_config(tmp_path)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_expected_orbax_warnings_are_dropped_only_while_opening(caplog):
+    absl_logger = logging.getLogger("absl")
+    with caplog.at_level(logging.WARNING):
+        with checkpoint._without_expected_orbax_warnings():
+            absl_logger.warning("Given directory is read only=/x")
+            absl_logger.warning("something else")
+        absl_logger.warning("Given directory is read only=/y")
+    assert [r.getMessage() for r in caplog.records] == [
+        "something else",
+        "Given directory is read only=/y",
+    ]
+
+
 def test_save_pretrained_refuses_a_directory_with_checkpoints(tmp_path):
     checkpoint.save_pretrained(tmp_path, _state(), _config())
     with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
