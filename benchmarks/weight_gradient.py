@@ -1,6 +1,6 @@
 """Other ways to write a 3x3 convolution's weight gradient in JAX, timed on XLA:CPU.
 
-Usage (about 1 minute)::
+Usage (about 20 seconds)::
 
     python benchmarks/weight_gradient.py [--reps 15] [--output benchmarks/WEIGHT_GRADIENT.md]
 
@@ -14,7 +14,10 @@ the XLA flags ``train.py`` sets:
 * ``per-tap matmuls``: nine ``einsum("nhwc,nhwd->cd")`` of shifted slices of ``x``;
 * ``im2col``: the nine shifted slices concatenated on the channel axis, one matmul;
 * ``batch split in k``: the ``vjp`` of k slices of the batch, summed (more, smaller
-  convolutions that the two cores might share).
+  convolutions that the two cores might share);
+* ``grouped over k batch slices``: one convolution with ``feature_group_count=k``
+  whose k groups are slices of the batch (k times the output columns, the same FLOPs),
+  summed over the groups.
 
 Each result is checked against ``vjp`` (relative error printed). Medians of ``--reps``
 calls after warm-up, in one process; ratios are against ``vjp``.
@@ -84,12 +87,35 @@ def dw_batch_split(parts: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return dw
 
 
+def dw_grouped(groups: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def dw(x: jax.Array, dy: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        d = dy.shape[-1]
+        lhs = x.transpose(3, 1, 2, 0)  # batch c, spatial (h, w), features n
+        # rhs[h, w, m, g * d + e] = dy[g * n / groups + m, h, w, e]: group g sees batch slice g
+        rhs = dy.reshape(groups, n // groups, h, w, d).transpose(2, 3, 1, 0, 4)
+        rhs = rhs.reshape(h, w, n // groups, groups * d)
+        out = lax.conv_general_dilated(
+            lhs,
+            rhs,
+            (1, 1),
+            PAD,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+        )  # [c, 3, 3, groups * d]
+        return out.reshape(c, 3, 3, groups, d).sum(3).transpose(1, 2, 0, 3)
+
+    return dw
+
+
 FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "vjp (the model's)": dw_vjp,
     "per-tap matmuls": dw_per_tap,
     "im2col + one matmul": dw_im2col,
     "batch split in 2": dw_batch_split(2),
     "batch split in 4": dw_batch_split(4),
+    "grouped over 2 batch slices": dw_grouped(2),
+    "grouped over 8 batch slices": dw_grouped(8),
 }
 
 
