@@ -1,6 +1,6 @@
 """jresnet against a PyTorch reproduction of the seed's training, on this machine, in one run.
 
-Usage (from anywhere; about 16 minutes on 2 cores, ``--quick`` about 3)::
+Usage (from anywhere; about 15 minutes on 2 cores, ``--quick`` about 3)::
 
     python benchmarks/run.py [--quick] [--data-dir /work/data/tfds] [--rounds 3] [--output PATH]
 
