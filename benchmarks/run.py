@@ -759,8 +759,9 @@ def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
     """Milliseconds of each of ResNet-20's convolutions alone: forward, input and weight gradient.
 
     Random float32 data at batch 128. JAX: the model's own convolution
-    (``lax.conv_general_dilated``, NHWC/HWIO, explicit padding) and its `jax.vjp` with
-    respect to the input or the kernel, each jitted alone. torch: ``F.conv2d`` and
+    (`jresnet.conv.conv_general_dilated`: lax's, with the stride-2 input gradient by
+    phases on CPU; NHWC/HWIO, explicit padding) and its `jax.vjp` with respect to the
+    input or the kernel, each jitted alone. torch: ``F.conv2d`` and
     ``torch.nn.grad.conv2d_input`` / ``conv2d_weight`` (autograd's own kernels).
     """
     out: dict[str, Any] = {"ms": {}}
@@ -797,14 +798,15 @@ def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
 
     import jax
     import numpy as np
-    from jax import lax
+
+    from jresnet import conv as jresnet_conv
 
     rng = np.random.default_rng(0)
     for shape in RESNET20_CONVS:
         pad = ((1, 1), (1, 1)) if shape.kernel == 3 else ((0, 0), (0, 0))
 
         def conv(x: Any, w: Any, shape: ConvShape = shape, pad: Any = pad) -> Any:
-            return lax.conv_general_dilated(
+            return jresnet_conv.conv_general_dilated(
                 x, w, (shape.stride,) * 2, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
 
