@@ -91,6 +91,8 @@ class Config:
       once: run in the first round only (not part of the interleaved comparison).
       cpus: pin the worker to its first ``cpus`` usable CPUs before anything is imported
         (None: all of them).
+      lax_conv: JAX convolutions: ``lax.conv_general_dilated`` itself instead of the
+        model's `jresnet.conv.conv_general_dilated` (XLA's own stride-2 input gradient).
     """
 
     name: str
@@ -103,6 +105,7 @@ class Config:
     fused: bool = False
     once: bool = False
     cpus: int | None = None
+    lax_conv: bool = False
 
 
 CONFIGS: tuple[Config, ...] = (
@@ -157,6 +160,9 @@ CONFIGS: tuple[Config, ...] = (
     ),
     Config("diag-jax", "diag", "jax", "jresnet step breakdown", xla="shipped", once=True),
     Config("convs-jax", "convs", "jax", "XLA, train.py's flags", xla="shipped"),
+    Config(
+        "convs-jax-lax", "convs", "jax", "same, lax's own gradients", xla="shipped", lax_conv=True
+    ),
     Config("convs-jax-1cpu", "convs", "jax", "XLA, train.py's flags, 1 CPU", xla="shipped", cpus=1),
     Config("convs-jax-default", "convs", "jax", "XLA, default flags"),
     Config("convs-torch", "convs", "torch", "torch eager NCHW"),
@@ -761,8 +767,9 @@ def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
     Random float32 data at batch 128. JAX: the model's own convolution
     (`jresnet.conv.conv_general_dilated`: lax's, with the stride-2 input gradient by
     phases on CPU; NHWC/HWIO, explicit padding) and its `jax.vjp` with respect to the
-    input or the kernel, each jitted alone. torch: ``F.conv2d`` and
-    ``torch.nn.grad.conv2d_input`` / ``conv2d_weight`` (autograd's own kernels).
+    input or the kernel, each jitted alone (``lax_conv``: `lax.conv_general_dilated`).
+    torch: ``F.conv2d`` and ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``
+    (autograd's own kernels).
     """
     out: dict[str, Any] = {"ms": {}}
     if cfg.framework == "torch":
@@ -798,15 +805,20 @@ def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
 
     import jax
     import numpy as np
+    from jax import lax
 
     from jresnet import conv as jresnet_conv
 
+    if cfg.lax_conv:
+        conv_general_dilated = lax.conv_general_dilated
+    else:
+        conv_general_dilated = jresnet_conv.conv_general_dilated
     rng = np.random.default_rng(0)
     for shape in RESNET20_CONVS:
         pad = ((1, 1), (1, 1)) if shape.kernel == 3 else ((0, 0), (0, 0))
 
         def conv(x: Any, w: Any, shape: ConvShape = shape, pad: Any = pad) -> Any:
-            return jresnet_conv.conv_general_dilated(
+            return conv_general_dilated(
                 x, w, (shape.stride,) * 2, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
 
@@ -1261,8 +1273,10 @@ def render_convs(runs: dict[str, list[dict[str, Any]]], img: dict[str, Any]) -> 
         "",
         "Each of ResNet-20's convolutions at batch 128, jitted (JAX) or called (torch) alone "
         "on random float32 data: median ms of the forward pass / the input gradient (dx) / "
-        "the weight gradient (dw), each its own call, over rounds. 'XLA, 1 CPU': the same "
-        "process pinned to one CPU; a pass that takes as long there as with 2 CPUs runs "
+        "the weight gradient (dw), each its own call, over rounds. XLA: the model's "
+        "convolution (`jresnet.conv`); 'lax's own gradients': `lax.conv_general_dilated` "
+        "itself, whose stride-2 input gradient `jresnet.conv` replaces on CPU. '1 CPU': the "
+        "same process pinned to one CPU; a pass that takes as long there as with 2 CPUs runs "
         "single-threaded. The totals weight each convolution by how often ResNet-20 has it "
         "(21 in all), i.e. the convolution time of one training step, beside the whole "
         "step measured in section 1 (ms per batch of 128).",
