@@ -11,6 +11,9 @@ Conventions
   - 3x3 convolutions pad ``((1, 1), (1, 1))`` explicitly. XLA's ``"SAME"`` would
     pad a stride-2 convolution ``(0, 1)``, unlike PyTorch's ``padding=1``.
   - No convolution bias; the classifier ``Dense`` has one.
+  - 3x3 convolutions go through `jresnet.conv.conv_general_dilated`: lax's, except
+    that on CPU the input gradient of the stride-2 ones is computed by phases (faster;
+    equal up to float rounding).
   - `BatchNorm` uses ``epsilon=1e-5`` and ``momentum=0.9`` in Flax's convention
     (``new = 0.9 * old + 0.1 * batch``), i.e. PyTorch's ``momentum=0.1``, and
     updates the running variance with the *unbiased* batch variance as PyTorch
