@@ -749,7 +749,7 @@ RESNET20_CONVS = (
 CONV_PASSES = ("fwd", "dx", "dw")
 
 
-def _median_ms(fn: Callable[[], Any], sync: Callable[[Any], Any], reps: int) -> float:
+def median_ms(fn: Callable[[], Any], sync: Callable[[Any], Any], reps: int) -> float:
     """Median milliseconds of ``reps`` synced calls of ``fn`` after two warm-up calls."""
     for _ in range(2):
         sync(fn())
@@ -796,7 +796,7 @@ def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
             }
             with torch.no_grad():
                 out["ms"][shape.label] = {
-                    name: _median_ms(call, lambda r: r, sizes.conv_reps)
+                    name: median_ms(call, lambda r: r, sizes.conv_reps)
                     for name, call in calls.items()
                     if name != "dx" or shape.has_dx
                 }
@@ -837,7 +837,7 @@ def worker_convs(cfg: Config, sizes: Sizes) -> dict[str, Any]:
             "dw": lambda dw=dw, x=x, w=w, dy=dy: dw(x, w, dy),
         }
         out["ms"][shape.label] = {
-            name: _median_ms(call, jax.block_until_ready, sizes.conv_reps)
+            name: median_ms(call, jax.block_until_ready, sizes.conv_reps)
             for name, call in calls.items()
             if name != "dx" or shape.has_dx
         }
@@ -1298,8 +1298,11 @@ def render_convs(runs: dict[str, list[dict[str, Any]]], img: dict[str, Any]) -> 
         + " | ".join(f"**{_fmt(totals[c.name]['all'], 1)}**" for c in shown)
         + " |"
     )
-    steps = {"convs-jax": "step-jax-fused", "convs-torch": "step-torch"}
-    steps["convs-torch-cl"] = "step-torch-cl"
+    steps = {
+        "convs-jax": "step-jax-fused",
+        "convs-torch": "step-torch",
+        "convs-torch-cl": "step-torch-cl",
+    }
     whole = [
         _fmt(BATCH / img[steps[c.name]]["median"] * 1e3, 1)
         if c.name in steps and steps[c.name] in img

@@ -28,14 +28,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from typing import Any
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
+sys.path[:0] = [os.path.dirname(BENCH_DIR), BENCH_DIR]
 
 from jresnet import xla_setup  # noqa: E402  (flags before JAX is imported)
 
@@ -45,6 +42,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+from run import median_ms  # noqa: E402  (the suite's timing helper)
 
 BATCH = 128
 SHAPES = ((32, 16), (16, 32), (8, 64))  # (height = width, channels in = out)
@@ -119,17 +117,6 @@ FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def median_ms(fn: Callable[[], Any], reps: int) -> float:
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=15, help="timed calls per measurement")
@@ -148,7 +135,7 @@ def main() -> None:
             jitted = jax.jit(formulation)
             result = jitted(x, dy)
             error = float(jnp.max(jnp.abs(result - reference)) / jnp.max(jnp.abs(reference)))
-            ms = median_ms(lambda f=jitted, x=x, dy=dy: f(x, dy), args.reps)
+            ms = median_ms(lambda f=jitted, x=x, dy=dy: f(x, dy), jax.block_until_ready, args.reps)
             base = base or ms
             rows[name].append(f"{ms:.2f} ms ({base / ms:.2f}x, err {error:.0e})")
             print(f"{c}->{c} {h}x{h} {name}: {ms:.2f} ms, rel. error {error:.1e}", file=sys.stderr)
