@@ -29,6 +29,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jresnet import models
+from jresnet.errors import JresnetError
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "eval_accuracy"
@@ -68,7 +69,7 @@ def _without_expected_orbax_warnings() -> Iterator[None]:
         orbax_logger.removeFilter(drop)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JresnetError, RuntimeError):
     """A checkpoint that can't be used: unreadable, incompatible, or missing."""
 
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from jresnet import models
+from jresnet.errors import JresnetError
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ _SHORTCUT_KEY = re.compile(r"^layer[123]\.\d+\.shortcut\.")
 _FLAX_BLOCK = re.compile(r"^layer([123])_(\d+)$")
 
 
-class ConversionError(ValueError):
+class ConversionError(JresnetError, ValueError):
     """A checkpoint or state dict that can't be converted; the message says why."""
 
 

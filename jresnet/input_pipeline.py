@@ -22,6 +22,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
+from jresnet.errors import JresnetError
+
 DATASETS: dict[str, int] = {"cifar10": 10, "cifar100": 100}
 
 # Per-channel RGB (mean, std) of pixels scaled to [0, 1].
@@ -40,11 +42,11 @@ _SOURCES = {
 }
 
 
-class DataError(ValueError):
+class DataError(JresnetError, ValueError):
     """A split or dataset size the run can't use; the message says what to change."""
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(JresnetError, RuntimeError):
     """The dataset is not prepared (in array_record format) in the data directory."""
 
 

@@ -61,6 +61,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from jresnet.errors import JresnetError
+
 IMAGE_SHAPE = (32, 32, 3)
 SPLITS = ("train", "test")
 
@@ -110,7 +112,7 @@ LABEL_NAMES: Mapping[str, tuple[str, ...]] = {
 }
 
 
-class PrepareError(ValueError):
+class PrepareError(JresnetError, ValueError):
     """A problem with the source or the destination, explained for the user."""
 
 

@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jresnet import checkpoint, input_pipeline, models, parallel, reporting
+from jresnet.errors import ConfigError, TrainingDivergedError
 
 SCHEDULES = ("cosine_epoch", "cosine", "multistep", "constant")
 # Config keys that change the training trajectory (a resume with other values warns).
@@ -58,14 +59,6 @@ RECIPE_KEYS = (
     "seed",
 )
 DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(ValueError):
-    """The config asks for something jresnet can't do; the message says what to change."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @flax.struct.dataclass

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jresnet import checkpoint, main
+from jresnet import checkpoint, errors, main
 from jresnet.configs import default
 from tests.conftest import REPO, train_command
 
@@ -153,7 +153,7 @@ def test_init_from_a_workdir_starts_from_its_weights(tmp_path, data_dir):
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, data_dir, capsys, overrides, message):
-    assert main.run(_config(data_dir, **overrides), str(tmp_path / "run")) == main.EXIT_USAGE
+    assert main.run(_config(data_dir, **overrides), str(tmp_path / "run")) == errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
 
@@ -164,14 +164,14 @@ def test_missing_dataset_offline_says_how_to_prepare_it(tmp_path, capsys, monkey
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     config = _config(str(tmp_path / "empty"))
-    assert main.run(config, str(tmp_path / "run")) == main.EXIT_USAGE
+    assert main.run(config, str(tmp_path / "run")) == errors.EXIT_USAGE
     assert "python -m jresnet.prepare_data" in capsys.readouterr().err
 
 
 def test_workdir_that_is_a_file_is_refused_and_kept(tmp_path, data_dir, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("keep me")
-    assert main.run(_config(data_dir), str(path)) == main.EXIT_USAGE
+    assert main.run(_config(data_dir), str(path)) == errors.EXIT_USAGE
     assert "not a directory" in capsys.readouterr().err
     assert path.read_text() == "keep me"
 
@@ -180,7 +180,7 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, data_dir, capsys)
     workdir = str(tmp_path / "run")
     assert main.run(_config(data_dir, num_epochs=1), workdir) == 0
     before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    assert main.run(_config(data_dir, shortcut="A", model="resnet14"), workdir) == main.EXIT_USAGE
+    assert main.run(_config(data_dir, shortcut="A", model="resnet14"), workdir) == errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert "shortcut: checkpoint has 'B', current config has 'A'" in err
     assert "model: checkpoint has 'resnet8', current config has 'resnet14'" in err
@@ -191,7 +191,7 @@ def test_diverging_loss_stops_with_a_message_and_keeps_good_checkpoints(tmp_path
     workdir = str(tmp_path / "run")
     assert main.run(_config(data_dir, num_epochs=1), workdir) == 0
     good = _variables(workdir)
-    assert main.run(_config(data_dir, learning_rate=1e30), workdir) == main.EXIT_DIVERGED
+    assert main.run(_config(data_dir, learning_rate=1e30), workdir) == errors.EXIT_DIVERGED
     assert "training diverged" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["4"]
     _assert_equal_trees(_variables(workdir), good)
@@ -205,7 +205,7 @@ def test_training_in_a_workdir_of_converted_weights_points_to_init_from(tmp_path
     config = _config(data_dir)
     variables = models.create_model("resnet8").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     checkpoint.save_pretrained(tmp_path / "converted", variables, config)
-    assert main.run(config, str(tmp_path / "converted")) == main.EXIT_USAGE
+    assert main.run(config, str(tmp_path / "converted")) == errors.EXIT_USAGE
     assert "--config.init_from=" in capsys.readouterr().err
     assert os.listdir(tmp_path / "converted" / "checkpoints") == ["0"]
 

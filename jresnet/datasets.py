@@ -1,0 +1,110 @@
+"""The datasets jresnet knows: one table of names, classes, label names and archives.
+
+Every module that needs to know about CIFAR-10 or CIFAR-100 (the input pipeline, data
+preparation, weight conversion, prediction) reads it from `DATASETS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from jresnet.errors import JresnetError
+
+_CIFAR10_LABELS = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+# CIFAR-100 superclasses (coarse labels, in official order) and their five classes each.
+CIFAR100_SUPERCLASSES: Mapping[str, tuple[str, ...]] = {
+    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
+    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
+    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
+    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
+    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
+    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
+    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
+    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
+    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
+    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
+    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
+    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
+    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
+    "people": ("baby", "boy", "girl", "man", "woman"),
+    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
+    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
+    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
+    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
+    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
+}
+
+
+class UnknownDatasetError(JresnetError, ValueError):
+    """A dataset name that is not in `DATASETS`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """One dataset.
+
+    Attributes:
+      name: the TFDS name ("cifar10").
+      label_names: class names in label order (0..num_classes-1).
+      coarse_label_names: CIFAR-100's 20 superclasses in label order; None for CIFAR-10.
+      split_sizes: examples per split of the official release.
+      archives: file names of the official archives that `jresnet.prepare_data` reads.
+      url: where the official python-format archive is downloaded from.
+      md5: that archive's MD5 (from the CIFAR page).
+    """
+
+    name: str
+    label_names: tuple[str, ...]
+    coarse_label_names: tuple[str, ...] | None
+    split_sizes: Mapping[str, int]
+    archives: tuple[str, ...]
+    url: str
+    md5: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+DATASETS: Mapping[str, Dataset] = {
+    "cifar10": Dataset(
+        name="cifar10",
+        label_names=_CIFAR10_LABELS,
+        coarse_label_names=None,
+        split_sizes={"train": 50_000, "test": 10_000},
+        archives=("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz"),
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+    ),
+    "cifar100": Dataset(
+        name="cifar100",
+        # The official fine labels are the 100 class names in alphabetical order.
+        label_names=tuple(sorted(n for names in CIFAR100_SUPERCLASSES.values() for n in names)),
+        coarse_label_names=tuple(CIFAR100_SUPERCLASSES),
+        split_sizes={"train": 50_000, "test": 10_000},
+        archives=("cifar-100-python.tar.gz", "cifar-100-binary.tar.gz"),
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+    ),
+}
+
+
+def get(name: str) -> Dataset:
+    """The `Dataset` called ``name``; `UnknownDatasetError` names the known ones."""
+    if name not in DATASETS:
+        raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    return DATASETS[name]

@@ -1,0 +1,59 @@
+"""Errors that are the user's to fix, and the exit codes of every jresnet command line.
+
+Any exception derived from `JresnetError` means "the input or the environment is wrong":
+the command lines print ``error: <message>`` (no traceback) and exit with the error's
+``exit_code``. Anything else is a bug in jresnet and keeps its traceback.
+
+Exit codes, the same for ``train.py``, ``python -m jresnet.convert``,
+``python -m jresnet.prepare_data`` and the other ``python -m jresnet.*`` tools:
+
+====  ==============================================================================
+0     success
+1     an unexpected error (a bug: Python's own traceback and status)
+2     bad input or environment (`JresnetError`): config, flags, files, data, weights
+3     training diverged (`TrainingDivergedError`); the saved checkpoints are finite
+130   interrupted (Ctrl-C / SIGINT, SIGTERM); rerun the same command to resume
+====  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+class JresnetError(Exception):
+    """The user's input or environment is wrong; the message says what to change."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(JresnetError, ValueError):
+    """The config asks for something jresnet can't do."""
+
+
+class TrainingDivergedError(JresnetError, RuntimeError):
+    """The loss, or a parameter, statistic or optimizer value, became NaN or infinite."""
+
+    exit_code = EXIT_DIVERGED
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Runs a command line's ``main``: `JresnetError` -> message and its exit code.
+
+    Ctrl-C ends with `EXIT_INTERRUPTED` and a one-line message; any other exception
+    propagates with its traceback (it is a bug, not the user's mistake).
+    """
+    try:
+        return main() or EXIT_OK
+    except JresnetError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
