@@ -11,6 +11,7 @@ offline with ``python -m jresnet.prepare_data``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,16 @@ class DataError(JresnetError, ValueError):
 
 class DatasetNotFoundError(JresnetError, RuntimeError):
     """The dataset is not prepared (in array_record format) in the data directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """A run's data in host memory: uint8 NHWC ``[N, 32, 32, 3]`` images, int32 ``[N]`` labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    eval_images: np.ndarray
+    eval_labels: np.ndarray
 
 
 def num_classes(dataset: str) -> int:

@@ -551,8 +551,15 @@ def _check_finite(metrics: Mapping[str, float], epoch: int, step: int) -> None:
         )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    data: input_pipeline.Splits | None = None,
+) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates each epoch.
+
+    ``data`` holds the training and eval splits; None reads ``config.train_split`` and
+    ``config.eval_split`` of ``config.dataset`` from ``config.data_dir``.
 
     Runs data-parallel over every device of every process (`jresnet.parallel`);
     call `parallel.initialize_distributed` first for several processes.
@@ -573,12 +580,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     data_dir = config.data_dir or None
     mean, std = input_pipeline.NORMALIZATIONS[config.normalization]
-    eval_images, eval_labels = input_pipeline.load_split(
-        config.dataset, config.eval_split, data_dir
-    )
-    train_images, train_labels = input_pipeline.load_split(
-        config.dataset, config.train_split, data_dir
-    )
+    if data is None:
+        eval_images, eval_labels = input_pipeline.load_split(
+            config.dataset, config.eval_split, data_dir
+        )
+        train_images, train_labels = input_pipeline.load_split(
+            config.dataset, config.train_split, data_dir
+        )
+    else:
+        train_images, train_labels = data.train_images, data.train_labels
+        eval_images, eval_labels = data.eval_images, data.eval_labels
     num_train = len(train_labels)
     steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
     total_steps = steps_per_epoch * config.num_epochs
