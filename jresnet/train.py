@@ -278,6 +278,7 @@ def make_train_fn(
     augment: bool,
     mesh: Mesh,
     steps_per_call: int = 1,
+    unroll: int | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted driver: ``(state, images_uint8, labels, base_key) -> (state, metrics)``.
 
@@ -292,7 +293,8 @@ def make_train_fn(
 
     The K steps are a `lax.scan` unrolled K times: one dispatch per K steps and
     no XLA while loop (convolutions inside XLA:CPU loops are ~20x slower; even a
-    length-1 scan is a loop, so K = 1 calls the step directly).
+    length-1 scan is a loop, so K = 1 calls the step directly). ``unroll`` (default: K)
+    unrolls fewer steps, e.g. 1 for a rolled loop where loops are cheap (GPUs).
     ``state`` is donated: its buffers are reused.
     """
     step = functools.partial(
@@ -327,7 +329,7 @@ def make_train_fn(
         if steps_per_call == 1:  # a length-1 scan would still lower to a while loop
             state, metrics = one_step(state, (images[0], labels[0]))
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(one_step, state, (images, labels), unroll=steps_per_call)
+        return jax.lax.scan(one_step, state, (images, labels), unroll=unroll or steps_per_call)
 
     return jax.jit(run, donate_argnums=0)
 
