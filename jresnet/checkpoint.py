@@ -1,15 +1,23 @@
 """Orbax checkpoints of jresnet runs: save, resume, and rebuild trained models.
 
-Layout: ``<workdir>/checkpoints/<step>/`` with two items,
+Layout: ``<workdir>/checkpoints/<step>/`` with three items,
 
 * ``state``: ``{"step", "params", "batch_stats", "opt_state"}`` (``opt_state`` is
-  absent from converted PyTorch weights, which are saved at step 0), and
+  absent from converted PyTorch weights, which are saved at step 0);
 * ``config``: the run's `ml_collections` config as JSON, so a checkpoint
-  rebuilds its model with no other input (`load_model`).
+  rebuilds its model with no other input (`load_model`);
+* ``meta`` (JSON): the step, SHA-256 `digests` of the state, and what the
+  training loop keeps with it (the metrics history, so ``metrics.jsonl`` can be
+  rebuilt after a kill between the save and the metrics write).
 
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a run killed at any moment (even during a save) leaves only
-complete checkpoints behind; leftovers are removed on the next start.
+complete checkpoints behind; leftovers are removed on the next start. Only
+finite states are saved. On restore, the digest and the step are checked: a
+checkpoint whose bytes changed (or whose directory was renamed) is unreadable,
+like a truncated one. A resuming run moves unreadable checkpoints aside into
+``<workdir>/checkpoints-unreadable/`` (kept, never deleted) and resumes from the
+newest readable one.
 
 Retention: the latest ``keep`` checkpoints and the best one by eval accuracy.
 (In orbax 0.12.8 ``max_to_keep`` together with ``best_fn`` keeps the N *best*
@@ -19,25 +27,27 @@ and deletes the latest, so an explicit preservation policy is used instead.)
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from jresnet import models
-from jresnet.errors import JresnetError
+from jresnet import models, parallel, reporting
+from jresnet.configs.checks import ARCHITECTURE_KEYS
+from jresnet.errors import JresnetError, TrainingDivergedError
 
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints-unreadable"
 BEST_METRIC = "eval_accuracy"
-# Config keys that determine the shapes of the saved variables: a checkpoint
-# saved with other values can't be resumed or fine-tuned.
-ARCHITECTURE_KEYS = ("model", "shortcut", "dataset")
-
-log = logging.getLogger(__name__)
 
 # Orbax warnings about settings jresnet chose on purpose: a manager opened read-only
 # (load_model, eval_only, init_from), and the step-0 checkpoint of converted weights,
@@ -70,7 +80,52 @@ def _without_expected_orbax_warnings() -> Iterator[None]:
 
 
 class CheckpointError(JresnetError, RuntimeError):
-    """A checkpoint that can't be used: unreadable, incompatible, or missing."""
+    """A checkpoint that can't be used (unreadable, incompatible, missing) or written."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """One checkpoint's files are damaged: truncated, missing, or not what was saved."""
+
+
+def _host_leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
+    """``(path, host array)`` of every leaf, in a fixed (sorted path) order."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return sorted(
+        (jax.tree_util.keystr(path), parallel.to_host(jax.numpy.asarray(leaf)))
+        for path, leaf in leaves
+    )
+
+
+def digests(state: Mapping[str, Any]) -> dict[str, str]:
+    """SHA-256 of each part of ``state`` but ``step`` (whose value `_verify` checks):
+    over every leaf's path, dtype, shape and bytes (a few MB: milliseconds)."""
+    out = {}
+    for key in sorted(set(state) - {"step"}):
+        h = hashlib.sha256()
+        for path, value in _host_leaves(state[key]):
+            h.update(f"{path}:{value.dtype.str}:{value.shape};".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        out[key] = h.hexdigest()
+    return out
+
+
+def nonfinite_leaves(state: Mapping[str, Any]) -> list[str]:
+    """Paths of the floating-point leaves that hold a NaN or an infinity."""
+    return [
+        path
+        for path, value in _host_leaves(dict(state))
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value))
+    ]
+
+
+def _variables(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def checkpoint_dir(workdir: str | os.PathLike[str]) -> str:
@@ -104,6 +159,7 @@ def create_manager(
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
             },
         )
 
@@ -114,18 +170,65 @@ def save(
     state: Mapping[str, Any],
     config: ml_collections.ConfigDict,
     metrics: Mapping[str, float] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> None:
-    """Saves ``state`` (a dict of arrays) and ``config`` at ``step``; blocks until written."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(dict(state)),
-            config=ocp.args.JsonSave(config.to_dict()),
-        ),
-        metrics=dict(metrics) if metrics is not None else None,
-        force=True,
-    )
-    manager.wait_until_finished()
+    """Saves ``state`` (a dict of arrays), ``config`` and ``meta`` at ``step``; blocks.
+
+    ``metrics`` (``eval_accuracy``) ranks the checkpoint for retention. A state with a
+    NaN or an infinity is never saved: `TrainingDivergedError` names its leaves, and the
+    checkpoints already saved stay as they are. A failed write (a full disk, say) raises
+    `CheckpointError` with the cause; the earlier checkpoints are intact.
+    """
+    bad = nonfinite_leaves(state)
+    if bad:
+        raise TrainingDivergedError(
+            f"the state at step {step} holds NaN or infinite values ({len(bad)} arrays, e.g. "
+            f"{', '.join(bad[:3])}): training diverged. It was not saved; the checkpoints in "
+            f"{manager.directory} are intact and finite. Lower --config.learning_rate or check "
+            "the data, then rerun to resume from the last checkpoint."
+        )
+    meta = {**(meta or {}), "step": step, "digests": digests(state)}
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(dict(state)),
+                config=ocp.args.JsonSave(config.to_dict()),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            metrics=dict(metrics) if metrics is not None else None,
+            force=True,
+        )
+        manager.wait_until_finished()
+    except Exception as e:  # Orbax and TensorStore wrap OS errors in their own types
+        cause = _root_cause(e)
+        raise CheckpointError(
+            f"could not write the checkpoint at step {step} in {manager.directory}: "
+            f"{type(cause).__name__}: {cause}. The earlier checkpoints are intact; fix the "
+            "cause (e.g. free disk space) and rerun the same command to resume."
+        ) from e
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The ``meta`` item of checkpoint ``step``; ``{}`` for checkpoints written without one."""
+    if not os.path.isdir(os.path.join(os.fspath(manager.directory), str(step), "meta")):
+        return {}
+    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
+
+
+def _verify(step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Raises `UnreadableCheckpointError` if ``state`` is not what was saved at ``step``."""
+    if "step" in meta and meta["step"] != step:
+        raise UnreadableCheckpointError(
+            f"its directory says step {step} but it was saved at step {meta['step']}"
+        )
+    saved = meta.get("digests", {})
+    for key, value in digests({k: v for k, v in state.items() if k in saved}).items():
+        if value != saved[key]:
+            raise UnreadableCheckpointError(
+                f"its {key} differ from what was saved (digest mismatch)"
+            )
 
 
 def read_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
@@ -169,15 +272,17 @@ def restore_latest(
     manager: ocp.CheckpointManager,
     target: Mapping[str, Any] | None = None,
     config: ml_collections.ConfigDict | None = None,
-) -> tuple[int, dict[str, Any], ml_collections.ConfigDict] | None:
-    """Restores the newest readable checkpoint: ``(step, state, config)``, or None if none exist.
+    move_unreadable: bool = False,
+) -> tuple[int, dict[str, Any], ml_collections.ConfigDict, dict[str, Any]] | None:
+    """The newest readable checkpoint: ``(step, state, config, meta)``, or None if none exist.
 
-    With ``config``, the saved config must be compatible with it
-    (`check_compatible`): an incompatible checkpoint raises `CheckpointError`
-    before any state is read. An unreadable checkpoint is skipped with a
-    warning and the previous one is tried; if checkpoints exist but none can be
-    read, `CheckpointError` is raised (a run never silently restarts from
-    scratch over them).
+    With ``config``, the saved config must be compatible with it (`check_compatible`):
+    an incompatible checkpoint raises `CheckpointError` before any state is read. An
+    unreadable checkpoint (damaged files, wrong digest or step) is skipped with a warning
+    and the previous one is tried; with ``move_unreadable`` (a run about to write new
+    checkpoints) it is first moved into ``<workdir>/checkpoints-unreadable/``, so the run
+    can save that step again. If checkpoints exist but none can be read,
+    `CheckpointError` is raised (a run never silently restarts from scratch over them).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -186,29 +291,47 @@ def restore_latest(
     for step in steps:
         try:
             saved_config = read_config(manager, step)
-        except Exception as e:  # any failure means "unreadable"
-            errors.append(_unreadable(step, e))
+            meta = read_meta(manager, step)
+        except Exception as e:  # any failure to read means "unreadable"
+            errors.append(_unreadable(manager, step, e, move_unreadable))
             continue
         if config is not None:
             check_compatible(saved_config, config, os.fspath(manager.directory))
         try:
             state = restore_state(manager, step, target)
-        except Exception as e:  # any failure means "unreadable"
-            errors.append(_unreadable(step, e))
+            # Without a target, Orbax rebuilds optimizer states as plain containers (other
+            # paths), so only the variables are compared.
+            _verify(step, state if target is not None else _variables(state), meta)
+        except Exception as e:  # any failure to read means "unreadable"
+            errors.append(_unreadable(manager, step, e, move_unreadable))
             continue
         if errors:
-            log.warning("Resuming from step %d; newer checkpoints were unreadable.", step)
-        return step, state, saved_config
+            reporting.warn(f"resuming from step {step}; newer checkpoints were unreadable")
+        return step, state, saved_config, meta
     raise CheckpointError(
         f"None of the checkpoints in {manager.directory} could be read; refusing to start "
         "from scratch over them. Move them away to start afresh. Errors:\n  " + "\n  ".join(errors)
     )
 
 
-def _unreadable(step: int, error: Exception) -> str:
+def _unreadable(manager: ocp.CheckpointManager, step: int, error: Exception, move: bool) -> str:
     message = f"step {step}: {type(error).__name__}: {str(error)[:500]}"
-    log.warning("Checkpoint at step %d is unreadable (%s); trying the previous one.", step, message)
-    return message
+    where = ""
+    if move:
+        source = os.path.join(os.fspath(manager.directory), str(step))
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = os.path.join(os.path.dirname(source) + "-unreadable", f"{step}-{stamp}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(source, target)
+        if jax.process_count() > 1:  # every process sees the move before it reloads
+            multihost_utils.sync_global_devices(f"jresnet-moved-unreadable-{step}")
+        manager.reload()
+        where = f" Moved it to {target} (kept, not deleted)."
+    reporting.warn(
+        f"the checkpoint at step {step} is unreadable ({message}); trying the previous one.{where}"
+    )
+    return message + where
 
 
 def check_compatible(
@@ -226,22 +349,6 @@ def check_compatible(
             + "\n  ".join(diffs)
             + "\nUse the checkpoint's values, or another --workdir."
         )
-
-
-def model_from_config(
-    config: ml_collections.ConfigDict, axis_name: str | None = None
-) -> models.ResNet:
-    """Builds the `models.ResNet` a config describes."""
-    from jresnet import input_pipeline  # local import: keeps the model importable alone
-
-    return models.create_model(
-        config.model,
-        num_classes=input_pipeline.num_classes(config.dataset),
-        shortcut=config.shortcut,
-        weight_init=config.get("weight_init", "pytorch"),
-        dtype=jax.numpy.dtype(config.get("dtype", "float32")),
-        axis_name=axis_name,
-    )
 
 
 def save_pretrained(
@@ -286,15 +393,16 @@ def load_variables(
             restored = restore_latest(manager)
             if restored is None:
                 raise CheckpointError(f"No checkpoints in {path}.")
-            _, state, config = restored
+            _, state, config, _ = restored
         else:
             if step not in manager.all_steps():
                 raise CheckpointError(
                     f"No checkpoint at step {step} in {path}; available: {manager.all_steps()}"
                 )
             config = read_config(manager, step)
-            state = restore_state(manager, step)
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}, config
+            state = _variables(restore_state(manager, step))
+            _verify(step, state, read_meta(manager, step))
+    return _variables(state), config
 
 
 def load_model(
@@ -312,7 +420,7 @@ def load_model(
       normalised as the saved config's ``normalization`` says.
     """
     variables, config = load_variables(workdir, step)
-    return model_from_config(config), variables
+    return models.from_config(config), variables
 
 
 def load_config(

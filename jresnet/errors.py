@@ -43,6 +43,12 @@ class TrainingDivergedError(JresnetError, RuntimeError):
     exit_code = EXIT_DIVERGED
 
 
+class InterruptedRun(JresnetError):
+    """A signal stopped the run after saving a checkpoint; rerunning resumes from it."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Runs a command line's ``main``: `JresnetError` -> message and its exit code.
 
@@ -55,5 +61,9 @@ def run_cli(main: Callable[[], int | None]) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+        print(
+            "interrupted; rerun the same command to resume from the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_INTERRUPTED

@@ -4,9 +4,10 @@ Conventions: images are NHWC; on the host they stay uint8 ``[N, 32, 32, 3]`` (RG
 labels int32 ``[N]``. Augmentation and normalisation run batched inside the jitted step, from
 an explicit PRNG key, and produce float32 ``[B, 32, 32, 3]``.
 
-Data is read with ``tfds.data_source`` (array_record, no TensorFlow) and never downloaded: a
-dataset that is not prepared raises :class:`DatasetNotFoundError`, which says how to prepare it
-offline with ``python -m jresnet.prepare_data``.
+Data is read with ``tfds.data_source`` (array_record, no TensorFlow). This module never
+downloads by itself: a dataset that is not prepared raises :class:`DatasetNotFoundError`, which
+says how to prepare it offline with ``python -m jresnet.prepare_data``, unless the caller asks
+for a download (``download=True``, which the training entry point `jresnet.main` does).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
+from jresnet import datasets, prepare_data
 from jresnet.errors import JresnetError
-
-DATASETS: dict[str, int] = {"cifar10": 10, "cifar100": 100}
 
 # Per-channel RGB (mean, std) of pixels scaled to [0, 1].
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -36,11 +37,6 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 
 PADDING = 4  # pixels of zero padding around each side before the random 32x32 crop
-
-_SOURCES = {
-    "cifar10": "cifar-10-python.tar.gz, cifar-10-binary.tar.gz",
-    "cifar100": "cifar-100-python.tar.gz, cifar-100-binary.tar.gz",
-}
 
 
 class DataError(JresnetError, ValueError):
@@ -63,9 +59,7 @@ class Splits:
 
 def num_classes(dataset: str) -> int:
     """Number of classes of ``dataset`` ("cifar10": 10, "cifar100": 100)."""
-    if dataset not in DATASETS:
-        raise DataError(f"Unknown dataset {dataset!r}; known datasets: {sorted(DATASETS)}.")
-    return DATASETS[dataset]
+    return datasets.get(dataset).num_classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,8 +75,8 @@ def _not_found(
         f"{dataset} {builder.version} {reason} in data_dir {root} (looked in {builder.data_dir}). "
         "Prepare it offline from a local copy with\n"
         f"  python -m jresnet.prepare_data --from PATH --data_dir {root}{flag}\n"
-        f"where PATH is {_SOURCES[dataset]}, or an image-folder tree train/<class>/*, "
-        "test/<class>/* (a directory or its .tar.gz)."
+        f"where PATH is {', '.join(datasets.get(dataset).archives)}, or an image-folder tree "
+        "train/<class>/*, test/<class>/* (a directory or its .tar.gz)."
     )
 
 
@@ -101,7 +95,7 @@ def load_split(
     dataset: str,
     split: str,
     data_dir: str | os.PathLike | None = None,
-    download: bool = True,
+    download: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads a whole split of a prepared TFDS dataset into host memory.
 
@@ -111,8 +105,8 @@ def load_split(
       data_dir: TFDS data directory; None or "" means TFDS's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       download: if the dataset is not prepared, download the official archive and prepare it
-        (`jresnet.prepare_data.download_and_prepare`, no TensorFlow). Offline, this fails at
-        once with `DatasetNotFoundError`.
+        (`jresnet.prepare_data.download_and_prepare`, no TensorFlow); offline, this fails at
+        once with `DatasetNotFoundError`. False (the default): never touch the network.
 
     Returns:
       (images, labels): uint8 ``[N, 32, 32, 3]`` RGB NHWC and int32 ``[N]`` (the fine label for
@@ -130,8 +124,6 @@ def load_split(
     if not builder.is_prepared():
         if not download:
             raise _not_found(dataset, builder, "is not prepared")
-        from jresnet import prepare_data  # local import: prepare_data is the heavier module
-
         try:
             prepare_data.download_and_prepare(dataset, builder.data_dir_root)
         except (OSError, prepare_data.PrepareError) as e:
@@ -167,6 +159,14 @@ def load_split(
         image_bytes, labels[i] = _parse_record(record)
         images[i] = np.asarray(Image.open(io.BytesIO(image_bytes)))
     return images, labels
+
+
+def load_splits(config: ml_collections.ConfigDict, download: bool = False) -> Splits:
+    """``config.train_split`` and ``config.eval_split`` of ``config.dataset`` (`load_split`)."""
+    data_dir = config.data_dir or None
+    train = load_split(config.dataset, config.train_split, data_dir, download)
+    evaluation = load_split(config.dataset, config.eval_split, data_dir, download)
+    return Splits(*train, *evaluation)
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jresnet import conv
+from jresnet import conv, datasets
 
 Shortcut = Literal["A", "B"]
 WeightInit = Literal["pytorch", "he_normal"]
@@ -341,3 +341,19 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
 def depth_of(model: ResNet) -> int:
     """Number of weighted layers, ``6 * blocks_per_stage + 2``."""
     return 6 * model.blocks_per_stage + 2
+
+
+def from_config(config: Mapping[str, Any], axis_name: str | None = None) -> ResNet:
+    """The model a run's config (or a checkpoint's saved config) describes.
+
+    Reads ``model``, ``dataset`` (for the class count), ``shortcut`` and, if present,
+    ``weight_init`` and ``dtype``.
+    """
+    return create_model(
+        config["model"],
+        num_classes=datasets.get(config["dataset"]).num_classes,
+        shortcut=config["shortcut"],
+        weight_init=config.get("weight_init", "pytorch"),
+        dtype=jnp.dtype(config.get("dtype", "float32")),
+        axis_name=axis_name,
+    )

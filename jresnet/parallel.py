@@ -2,7 +2,7 @@
 
 The driver is `jax.jit` over a one-axis `Mesh` of every device, with the step
 function inside `jax.shard_map` (axis ``"batch"``): each device computes on its
-shard of the global batch, and `jresnet.train.train_step` averages gradients
+shard of the global batch, and `jresnet.steps.train_step` averages gradients
 and BatchNorm statistics with ``pmean`` over the axis (synchronised BatchNorm).
 So N devices with a global batch give the update one device gives on that
 batch.
@@ -18,6 +18,8 @@ unchanged (tested).
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +28,33 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jresnet.errors import ConfigError
+
 BATCH_AXIS = "batch"
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Waits until ``HOST:PORT`` accepts TCP connections; `ConfigError` after ``timeout_s``.
+
+    JAX's own client aborts the whole process (SIGABRT, a C++ log) when it gives up, so
+    non-coordinator processes check that the coordinator is reachable first.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--config.coordinator_address must be HOST:PORT, got {address!r}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"the coordinator {address} did not answer within {timeout_s:g} s ({e}). "
+                    "Start process 0 first (it runs the coordinator), check the address and "
+                    "port, or raise --config.coordinator_timeout_s."
+                ) from e
+            time.sleep(1)
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
@@ -34,21 +62,32 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
 
     ``config.coordinator_address`` (``HOST:PORT``) with ``num_processes`` and
     ``process_id`` starts an explicit cluster; ``config.distributed=True``
-    alone lets JAX detect SLURM, Open MPI or a TPU pod. Must run before any
-    other JAX call. Returns whether it initialised.
+    alone lets JAX detect SLURM, Open MPI or a TPU pod. Gives up after
+    ``config.coordinator_timeout_s`` seconds with `ConfigError`. Must run before
+    any other JAX call. Returns whether it initialised.
     """
     if not (config.get("distributed") or config.get("coordinator_address")):
         return False
-    kwargs: dict[str, Any] = {}
+    timeout_s = config.get("coordinator_timeout_s", 300)
+    kwargs: dict[str, Any] = {"initialization_timeout": int(timeout_s)}
     if config.get("coordinator_address"):
         kwargs["coordinator_address"] = config.coordinator_address
         if config.get("num_processes", 0) > 0:
             kwargs["num_processes"] = config.num_processes
         if config.get("process_id", -1) >= 0:
             kwargs["process_id"] = config.process_id
+        if config.get("process_id", -1) > 0:
+            _wait_for_coordinator(config.coordinator_address, timeout_s)
     if config.get("coordinator_bind_address"):
         kwargs["coordinator_bind_address"] = config.coordinator_bind_address
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"can't start the multi-process run: {e}. With --config.distributed=True, JAX must "
+            "detect a cluster (SLURM, Open MPI, a TPU pod); elsewhere give "
+            "--config.coordinator_address, --config.num_processes and --config.process_id."
+        ) from e
     return True
 
 

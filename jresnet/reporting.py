@@ -3,8 +3,9 @@
 Only process 0 prints and writes (multi-host runs call these on every process).
 
 * ``<workdir>/metrics.jsonl``: one JSON object per epoch (see `MetricsLog.write`).
-  On resume, records after the resumed epoch (from a run killed between its
-  log write and its checkpoint) are dropped, so the file matches the state.
+  Each checkpoint also holds the history up to its epoch, and a resumed run
+  rewrites the file from it, so the file always matches the resumed state (a
+  run killed between its checkpoint and its metrics write loses no record).
 * TensorBoard event files in ``<workdir>/tensorboard`` (``tensorboard --logdir``).
 * ``<workdir>/curves.png``: loss and accuracy per epoch, written at the end.
 """
@@ -33,6 +34,11 @@ def info(message: str) -> None:
     """Prints a line to stderr (process 0 only), flushed."""
     if is_main_process():
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """Prints ``warning: message`` to stderr (process 0 only): the one warning channel."""
+    info(f"warning: {message}")
 
 
 def format_duration(seconds: float) -> str:
@@ -96,14 +102,17 @@ class Progress:
 class MetricsLog:
     """Per-epoch records in ``metrics.jsonl`` and TensorBoard; the run's summary and plot."""
 
-    def __init__(self, workdir: str, start_epoch: int):
+    def __init__(self, workdir: str, records: list[dict[str, Any]]):
+        """Starts ``metrics.jsonl`` over with ``records``, the history of the resumed state."""
         self.workdir = workdir
         self.path = os.path.join(workdir, METRICS_FILE)
-        self.records = [r for r in read_metrics(workdir) if r["epoch"] <= start_epoch]
+        self.records = [dict(r) for r in records]
         self._writer = None
         if is_main_process():
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
+            # tensorboardX, not CLU's metric writers or flax.metrics.tensorboard: both
+            # import TensorFlow, which jresnet does not need anywhere else.
             from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))

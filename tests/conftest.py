@@ -1,14 +1,42 @@
-"""Shared fixtures: a tiny CIFAR-10 in TFDS format and the `train.py` command line."""
+"""Shared fixtures: a tiny CIFAR-10 in TFDS format, the tiny run config, and the
+`train.py` command line.
 
+Hermetic: JAX's persistent compilation cache lives in a temporary directory for the
+session (shared by in-process runs and `train.py` subprocesses, so identical programs
+compile once), never in the user's ``~/.cache``.
+"""
+
+import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from jresnet import prepare_data
+from jresnet.configs import default
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A run small enough to train in seconds: 64 training images, 4 steps per epoch.
+TINY = {
+    "model": "resnet8",
+    "batch_size": 16,
+    "eval_batch_size": 24,
+    "num_epochs": 3,
+    "log_every_steps": 2,
+    "steps_per_call": 1,  # compiles fastest; test_steps covers several steps per call
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory) -> str:
+    """The session's JAX compilation cache directory (in-process runs use it at once)."""
+    path = str(tmp_path_factory.mktemp("jax-cache"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    os.environ["JRESNET_TEST_COMPILATION_CACHE"] = path
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +56,22 @@ def data_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+def _hermetic(config: dict) -> dict:
+    return {"compilation_cache_dir": os.environ["JRESNET_TEST_COMPILATION_CACHE"], **config}
+
+
+def tiny_config(data_dir, **overrides):
+    """The default config with `TINY`, ``data_dir`` and ``overrides``."""
+    config = default.get_config()
+    config.update(_hermetic({**TINY, "data_dir": data_dir, **overrides}))
+    return config
+
+
 def train_command(workdir, **config) -> list[str]:
-    """``python train.py --workdir=W --config.KEY=VALUE ...``."""
+    """``python train.py --workdir=W --config.KEY=VALUE ...`` (the session's JAX cache)."""
     return [
         sys.executable,
         str(REPO / "train.py"),
         f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in config.items()),
+        *(f"--config.{k}={v}" for k, v in _hermetic(config).items()),
     ]

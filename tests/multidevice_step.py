@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import input_pipeline, models, parallel, train
+from jresnet import input_pipeline, models, parallel, steps
 from jresnet.configs import default
 
 
@@ -33,20 +33,20 @@ def max_abs_diff(a, b) -> float:
 def main() -> None:
     assert jax.device_count() == 2, jax.devices()
     config = default.get_config()
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
+    tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
     mean, std = input_pipeline.NORMALIZATIONS["cifar"]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 16).astype(np.int32)
     key = jax.random.key(1)
-    init = train.create_train_state(jax.random.key(0), model, tx)
+    init = steps.create_train_state(jax.random.key(0), model, tx)
 
     results = {}
     for n in (1, 2):
         mesh = parallel.create_mesh(jax.devices()[:n])
-        step = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
+        step = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
         state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)  # the step donates it
         batch = parallel.global_batch((images[None], labels[None]), mesh, batch_axis=1)
         state, metrics = step(state, *batch, key)
@@ -57,7 +57,7 @@ def main() -> None:
     x = input_pipeline.augment(jax.random.fold_in(key, 0), jnp.asarray(images), mean, std)
     pmapped = jax.pmap(
         functools.partial(
-            train.train_step, model=model, tx=tx, learning_rate_fn=lr_fn, axis_name="devices"
+            steps.train_step, model=model, tx=tx, learning_rate_fn=lr_fn, axis_name="devices"
         ),
         axis_name="devices",
     )

@@ -11,6 +11,7 @@ import pytest
 
 from jresnet import checkpoint, models
 from jresnet.configs import default
+from jresnet.errors import TrainingDivergedError
 
 
 def _config(**overrides):
@@ -37,8 +38,9 @@ def test_save_and_restore_round_trip_with_config(tmp_path):
     with checkpoint.create_manager(tmp_path) as manager:
         checkpoint.save(manager, 7, state, _config(), {"eval_accuracy": 0.5})
     with checkpoint.create_manager(tmp_path) as manager:
-        step, restored, config = checkpoint.restore_latest(manager, target=state)
-    assert step == 7
+        step, restored, config, meta = checkpoint.restore_latest(manager, target=state)
+    assert step == 7 and meta["step"] == 7
+    assert sorted(meta["digests"]) == ["batch_stats", "params"]
     assert config.model == "resnet8" and config.batch_size == 128
     _assert_trees_equal(restored, state)
 
@@ -58,17 +60,111 @@ def test_keeps_latest_and_best(tmp_path):
         assert manager.best_step() == 2
 
 
-def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+def _two_checkpoints(tmp_path):
     first, second = _state(0), _state(1)
     with checkpoint.create_manager(tmp_path) as manager:
         checkpoint.save(manager, 1, first, _config(), {"eval_accuracy": 0.1})
         checkpoint.save(manager, 2, second, _config(), {"eval_accuracy": 0.2})
+    return first, second
+
+
+def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
+    first, _ = _two_checkpoints(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "2" / "state")
-    with caplog.at_level(logging.WARNING), checkpoint.create_manager(tmp_path) as manager:
-        step, restored, _ = checkpoint.restore_latest(manager, target=first)
+    with checkpoint.create_manager(tmp_path) as manager:
+        step, restored, _, _ = checkpoint.restore_latest(manager, target=first)
     assert step == 1
     _assert_trees_equal(restored, first)
-    assert "unreadable" in caplog.text
+    assert "warning: the checkpoint at step 2 is unreadable" in capsys.readouterr().err
+    assert os.path.isdir(tmp_path / "checkpoints" / "2")  # without move_unreadable: untouched
+
+
+def _largest_file(directory):
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip_one_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate_data",
+        "flip_a_byte",
+        "remove_config",
+        "garbage_config",
+        "empty_step",
+        "renamed_step",
+    ],
+)
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_step_can_be_saved_again(
+    tmp_path, capsys, damage
+):
+    first, second = _two_checkpoints(tmp_path)
+    step_dir = tmp_path / "checkpoints" / "2"
+    if damage == "truncate_data":
+        data = _largest_file(step_dir / "state")
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif damage == "flip_a_byte":  # silent corruption: only the digest notices
+        _flip_one_byte(_largest_file(step_dir / "state"))
+    elif damage == "remove_config":
+        shutil.rmtree(step_dir / "config")
+    elif damage == "garbage_config":
+        (step_dir / "config" / "metadata").write_text("{not json")
+    elif damage == "empty_step":
+        for child in step_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    elif damage == "renamed_step":  # step 1's files under the name "1000", instead of step 2
+        shutil.rmtree(step_dir)
+        shutil.copytree(tmp_path / "checkpoints" / "1", tmp_path / "checkpoints" / "1000")
+        step_dir = tmp_path / "checkpoints" / "1000"
+    with checkpoint.create_manager(tmp_path) as manager:
+        step, _, _, _ = checkpoint.restore_latest(manager, target=first, move_unreadable=True)
+        assert step == 1
+        # The run can go on and save the same step again (Orbax refused this before).
+        checkpoint.save(manager, 2, second, _config(), {"eval_accuracy": 0.2})
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "kept, not deleted" in err
+    moved = list((tmp_path / "checkpoints-unreadable").iterdir())
+    assert [p.name.split("-")[0] for p in moved] == [step_dir.name]
+    assert damage == "empty_step" or any(moved[0].iterdir())  # kept with its files
+
+
+def test_load_model_refuses_a_silently_corrupted_checkpoint(tmp_path):
+    checkpoint.save_pretrained(tmp_path, _state(), _config())
+    _flip_one_byte(_largest_file(tmp_path / "checkpoints" / "0" / "state"))
+    with pytest.raises(checkpoint.CheckpointError, match="digest mismatch"):
+        checkpoint.load_model(tmp_path)
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    good, bad = _state(0), _state(1)
+    bad["params"]["conv1"]["kernel"] = bad["params"]["conv1"]["kernel"].at[0, 0, 0, 0].set(np.nan)
+    with checkpoint.create_manager(tmp_path, keep=1) as manager:
+        checkpoint.save(manager, 1, good, _config(), {"eval_accuracy": 0.1})
+        with pytest.raises(TrainingDivergedError, match=r"conv1.*kernel.*intact and finite"):
+            checkpoint.save(manager, 2, bad, _config(), {"eval_accuracy": 0.9})
+        assert manager.all_steps() == [1]  # the good one was not evicted
+
+
+def test_a_failed_write_says_why_and_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    with checkpoint.create_manager(tmp_path) as manager:
+        checkpoint.save(manager, 1, _state(), _config(), {"eval_accuracy": 0.1})
+
+        def full_disk(*args, **kwargs):
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError as e:
+                raise ValueError("tensorstore write failed") from e
+
+        monkeypatch.setattr(manager, "save", full_disk)
+        with pytest.raises(checkpoint.CheckpointError, match=r"No space left on device.*intact"):
+            checkpoint.save(manager, 2, _state(), _config(), {"eval_accuracy": 0.2})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
 
 
 def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(tmp_path):

@@ -9,31 +9,16 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from pathlib import Path
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from jresnet import checkpoint, errors, main
-from jresnet.configs import default
-from tests.conftest import REPO, train_command
+from tests.conftest import REPO, TINY, tiny_config, train_command
 
-TINY = {
-    "model": "resnet8",
-    "batch_size": 16,
-    "eval_batch_size": 24,
-    "num_epochs": 3,
-    "log_every_steps": 2,
-    "steps_per_call": 1,  # compiles fastest; test_train covers several steps per call
-}
-
-
-def _config(data_dir, **overrides):
-    config = default.get_config()
-    config.update({**TINY, "data_dir": data_dir, **overrides})
-    return config
+_config = tiny_config
 
 
 def _cli(workdir, data_dir, **overrides):
@@ -70,37 +55,50 @@ def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(tmp_path, dat
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["12", "4", "8"]
 
 
-def _start_and_kill_during_second_save(cmd):
-    """Starts training and kill -9s it while (or just after) it writes its second checkpoint."""
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt_dir = Path(cmd[2].split("=", 1)[1]) / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        names = os.listdir(ckpt_dir) if ckpt_dir.is_dir() else []
-        if any(n.startswith("8") for n in names):  # "8.orbax-checkpoint-tmp-..." or "8"
-            break
-        time.sleep(0.002)
-    assert process.poll() is None, "training finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
+def _run(cmd, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, **kwargs)
 
 
-def test_kill_9_and_rerun_ends_with_exactly_the_uninterrupted_parameters(tmp_path, data_dir):
-    uninterrupted = subprocess.run(
-        _cli(tmp_path / "a", data_dir), capture_output=True, text=True, timeout=300, cwd=REPO
-    )
+def _interrupted(cmd, how):
+    """``cmd`` (a train.py command) run through tests/interrupt.py."""
+    return [cmd[0], str(REPO / "tests" / "interrupt.py"), how, *cmd[1:]]
+
+
+def test_kill_9_inside_a_save_and_rerun_ends_with_exactly_the_uninterrupted_parameters(
+    tmp_path, data_dir
+):
+    uninterrupted = _run(_cli(tmp_path / "a", data_dir))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
 
     cmd = _cli(tmp_path / "b", data_dir)
-    _start_and_kill_during_second_save(cmd)
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    killed = _run(_interrupted(cmd, "kill-inside-save=8"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    leftovers = os.listdir(tmp_path / "b" / "checkpoints")
+    assert "4" in leftovers and "8" not in leftovers  # step 8 was being written, not committed
+    resumed = _run(cmd)
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from the checkpoint at step" in resumed.stderr
+    assert "Resuming from the checkpoint at step 4" in resumed.stderr
 
     _assert_equal_trees(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert epochs == [1, 2, 3]
+
+
+def test_sigterm_stops_inside_an_epoch_saves_and_resumes_exactly(tmp_path, data_dir):
+    reference = tmp_path / "a"  # a subprocess too: train.py's XLA flags change rounding
+    uninterrupted = _run(_cli(reference, data_dir))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    cmd = _cli(tmp_path / "b", data_dir)
+    stopped = _run(_interrupted(cmd, "sigterm-at-first-progress"))  # at step 2 of 4
+    assert stopped.returncode == errors.EXIT_INTERRUPTED, stopped.stderr
+    assert "stopped by SIGTERM at step 2 (epoch 1, step 2/4)" in stopped.stderr
+    assert "rerun the same command" in stopped.stderr
+    assert os.listdir(tmp_path / "b" / "checkpoints") == ["2"]
+    resumed = _run(cmd)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_equal_trees(_variables(tmp_path / "b"), _variables(reference))
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
 
 
 def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys):
@@ -247,3 +245,94 @@ def test_init_from_a_pytorch_checkpoint_file(tmp_path, data_dir):
     assert main.run(config, str(tmp_path / "finetune")) == 0
     expected = convert.torch_to_flax(convert.load_torch_checkpoint(str(source)))
     _assert_equal_trees(_variables(tmp_path / "finetune")["params"], expected["params"])
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused_and_writes_nothing(tmp_path, data_dir, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    hold = "import sys, time\nfrom jresnet import workdir\nwith workdir.locked(sys.argv[1]):\n"
+    hold += "    print('locked', flush=True); time.sleep(60)\n"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(workdir)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main.run(_config(data_dir), str(workdir)) == errors.EXIT_USAGE
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is in use by another run (pid {holder.pid}" in capsys.readouterr().err
+    assert sorted(os.listdir(workdir)) == [".lock"]
+
+
+def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_run_completes(
+    tmp_path, data_dir, capsys
+):
+    workdir = tmp_path / "run"
+    assert main.run(_config(data_dir), str(workdir)) == 0
+    finished = _variables(workdir)
+    data = max(
+        (workdir / "checkpoints" / "12" / "state").rglob("*"), key=lambda p: p.stat().st_size
+    )
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    (workdir / "metrics.jsonl").write_text("\n".join(lines[:1]) + "\n")  # lost records too
+    capsys.readouterr()
+
+    assert main.run(_config(data_dir), str(workdir)) == 0  # retrains epoch 3 from step 8
+    err = capsys.readouterr().err
+    assert "Moved it to" in err and "Resuming from the checkpoint at step 8" in err
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints-unreadable").iterdir()] == ["12"]
+    _assert_equal_trees(_variables(workdir), finished)
+    # metrics.jsonl is rebuilt from the history saved in the checkpoints; epoch 3 is new.
+    rebuilt = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert rebuilt[:2] == lines[:2]
+    timing = ("images_per_s", "epoch_time_s")
+    retrained, before = json.loads(rebuilt[2]), json.loads(lines[2])
+    assert {k: v for k, v in retrained.items() if k not in timing} == {
+        k: v for k, v in before.items() if k not in timing
+    }
+
+
+def test_a_resume_that_changes_what_a_step_means_is_refused(tmp_path, data_dir, capsys):
+    workdir = tmp_path / "run"
+    assert main.run(_config(data_dir, num_epochs=1), str(workdir)) == 0
+    metrics = (workdir / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main.run(_config(data_dir, batch_size=8), str(workdir)) == errors.EXIT_USAGE
+    assert "batch_size 16 -> 8" in capsys.readouterr().err
+    assert (workdir / "metrics.jsonl").read_text() == metrics
+    assert os.listdir(workdir / "checkpoints") == ["4"]
+
+
+@pytest.mark.parametrize("learning_rate", [1e30, 1e5])
+def test_divergence_saves_nothing_non_finite(tmp_path, data_dir, capsys, learning_rate):
+    workdir = tmp_path / "run"
+    assert main.run(_config(data_dir, learning_rate=learning_rate), str(workdir)) == 3
+    assert "diverged" in capsys.readouterr().err
+    for step in os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []:
+        _, variables = checkpoint.load_model(workdir, step=int(step))
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
+
+
+def test_eval_only_creates_no_workdir_and_bounds_the_batch(tmp_path, data_dir, capsys):
+    source = tmp_path / "source"
+    assert main.run(_config(data_dir, num_epochs=1), str(source)) == 0
+    config = _config(data_dir, eval_only=True, eval_batch_size=10_000_000)
+    config.init_from = str(source)
+    assert main.run(config, str(tmp_path / "nowhere")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_count"] == 40
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_init_from_weights_with_nan_is_refused(tmp_path, data_dir, capsys):
+    torch = pytest.importorskip("torch")
+    from tests import torch_reference
+
+    state_dict = torch_reference.torch_resnet(8, "B").state_dict()
+    state_dict["linear.bias"][0] = float("nan")
+    torch.save({"net": state_dict}, tmp_path / "ckpt.pth")
+    config = _config(data_dir, init_from=str(tmp_path / "ckpt.pth"))
+    assert main.run(config, str(tmp_path / "run")) == errors.EXIT_USAGE
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []

@@ -13,19 +13,19 @@ if "--with-cpu-flags" in sys.argv:
 import jax
 import numpy as np
 
-from jresnet import input_pipeline, models, parallel, train
+from jresnet import input_pipeline, models, parallel, steps
 from jresnet.configs import default
 
 
 def main() -> None:
     config = default.get_config()
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
+    tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
     mean, std = input_pipeline.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh()
-    step = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
-    init = train.create_train_state(jax.random.key(0), model, tx)
+    step = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
+    init = steps.create_train_state(jax.random.key(0), model, tx)
     init_params = jax.tree.map(np.asarray, init.params)
     state = parallel.replicate(init, mesh)
     rng = np.random.default_rng(0)

@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.coordinator_bind_address = ""  # address the coordinator listens on, "" = JAX's default
     config.num_processes = 0  # with coordinator_address: total number of processes
     config.process_id = -1  # with coordinator_address: this process's index, 0..N-1
+    config.coordinator_timeout_s = 300  # give up (with a message) if the cluster doesn't form
 
     # Run.
     # JAX's persistent compilation cache: a restart (resume) skips the ~15 s

@@ -1,4 +1,4 @@
-"""jresnet.train: schedules, optimizer and steps against PyTorch; config checks."""
+"""jresnet.steps: schedules, optimizer and steps against PyTorch; the fused driver."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jresnet import models, train
+from jresnet import models, steps
 from jresnet.configs import default
 
 torch = pytest.importorskip("torch")
@@ -37,7 +37,7 @@ def _torch_lrs(scheduler_factory, base_lr, num_calls, steps_between=1):
 
 def test_cosine_epoch_schedule_matches_torch_cosine_annealing_stepped_per_epoch():
     epochs, steps_per_epoch = 20, 3
-    lr_fn = train.create_learning_rate_fn(
+    lr_fn = steps.create_learning_rate_fn(
         _config(schedule="cosine_epoch", num_epochs=epochs), steps_per_epoch
     )
     expected = _torch_lrs(
@@ -52,7 +52,7 @@ def test_cosine_epoch_schedule_matches_torch_cosine_annealing_stepped_per_epoch(
 
 
 def test_seed_schedule_values_for_200_epochs():
-    lr_fn = train.create_learning_rate_fn(_config(), steps_per_epoch=390)
+    lr_fn = steps.create_learning_rate_fn(_config(), steps_per_epoch=390)
     for epoch in (0, 1, 50, 100, 199):
         expected = 0.05 * (1 + np.cos(np.pi * epoch / 200))
         assert float(lr_fn(epoch * 390 + 17)) == pytest.approx(expected, rel=1e-5)
@@ -61,7 +61,7 @@ def test_seed_schedule_values_for_200_epochs():
 def test_cosine_per_step_schedule_matches_torch():
     epochs, steps_per_epoch = 4, 5
     total = epochs * steps_per_epoch
-    lr_fn = train.create_learning_rate_fn(
+    lr_fn = steps.create_learning_rate_fn(
         _config(schedule="cosine", num_epochs=epochs), steps_per_epoch
     )
     expected = _torch_lrs(
@@ -72,7 +72,7 @@ def test_cosine_per_step_schedule_matches_torch():
 
 def test_multistep_schedule_matches_torch_with_warmup():
     config = _config(schedule="multistep", lr_boundaries=(30, 45), warmup_steps=4, num_epochs=6)
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
     expected = _torch_lrs(
         lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[30, 45], gamma=0.1),
         0.1,
@@ -85,7 +85,7 @@ def test_multistep_schedule_matches_torch_with_warmup():
 def test_paper_schedule_boundaries():
     from jresnet.configs import paper
 
-    lr_fn = train.create_learning_rate_fn(paper.get_config(), steps_per_epoch=351)
+    lr_fn = steps.create_learning_rate_fn(paper.get_config(), steps_per_epoch=351)
     assert float(lr_fn(31999)) == pytest.approx(0.1)
     assert float(lr_fn(32000)) == pytest.approx(0.01)
     assert float(lr_fn(48000)) == pytest.approx(0.001)
@@ -128,19 +128,19 @@ def _sgd_steps_both(shortcut, steps, dtype):
     images = rng.normal(size=(steps, batch, 32, 32, 3)).astype(dtype)
     labels = rng.integers(0, 10, size=(steps, batch))
     config = _config(schedule="cosine_epoch", num_epochs=4, shortcut=shortcut)
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=1)  # lr changes every step
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=1)  # lr changes every step
+    tx = steps.create_optimizer(config, lr_fn)
 
     model = models.create_model("resnet8", shortcut=shortcut, dtype=jnp.dtype(dtype))
     as_jax = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
     params = as_jax(variables["params"])
-    state = train.TrainState(
+    state = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=as_jax(variables["batch_stats"]),
         opt_state=tx.init(params),
     )
-    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn))
+    step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn))
     for x, y in zip(images, labels, strict=True):
         state, _ = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
     assert int(state.step) == steps
@@ -186,7 +186,7 @@ def test_one_sgd_step_equals_pytorch_in_float32(shortcut):
 def test_optimizer_is_coupled_weight_decay_then_momentum():
     """Two steps on a quadratic-free toy: update = -lr * (m * buf + g + wd * p)."""
     config = _config(weight_decay=0.5, momentum=0.9)
-    tx = train.create_optimizer(config, optax.constant_schedule(0.1))
+    tx = steps.create_optimizer(config, optax.constant_schedule(0.1))
     p = {"w": jnp.array([1.0, -2.0])}
     g = {"w": jnp.array([0.3, 0.1])}
     opt_state = tx.init(p)
@@ -205,10 +205,10 @@ def test_eval_step_counts_only_masked_examples():
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     labels = jnp.array([0, 1, 2, 3])
-    full = train.eval_step(
+    full = steps.eval_step(
         variables, {"image": x, "label": labels, "mask": jnp.ones(4)}, model=model
     )
-    half = train.eval_step(
+    half = steps.eval_step(
         variables, {"image": x, "label": labels, "mask": jnp.array([1, 1, 0, 0])}, model=model
     )
     assert float(full["count"]) == 4 and float(half["count"]) == 2
@@ -217,44 +217,13 @@ def test_eval_step_counts_only_masked_examples():
     assert float(half["loss_sum"]) == pytest.approx(float(expected_loss), rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("model", "resnet21", r"6n \+ 2"),
-        ("model", "vgg16", "unknown model"),
-        ("dataset", "mnist", "--config.dataset"),
-        ("num_epochs", 0, "--config.num_epochs must be a positive integer"),
-        ("batch_size", -1, "--config.batch_size must be a positive integer"),
-        ("schedule", "linear", "--config.schedule"),
-        ("shortcut", "C", "--config.shortcut"),
-        ("learning_rate", float("nan"), "--config.learning_rate"),
-    ],
-)
-def test_validate_config_names_the_bad_key(key, value, message):
-    config = _config()
-    config.unlock()
-    config[key] = value
-    with pytest.raises(train.ConfigError, match=message):
-        train.validate_config(config)
-
-
-def test_prepare_workdir_rejects_a_file(tmp_path):
-    path = tmp_path / "file"
-    path.write_text("precious")
-    with pytest.raises(train.ConfigError, match="not a directory"):
-        train.prepare_workdir(str(path))
-    with pytest.raises(train.ConfigError, match="can't be created"):
-        train.prepare_workdir(str(path / "sub"))
-    assert path.read_text() == "precious"
-
-
 def test_several_steps_per_call_equal_single_steps():
     """K fused steps (unrolled scan) = K calls of one step, augmentation included."""
     from jresnet import input_pipeline, parallel
 
     config = _config()
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=2)  # lr changes mid-call
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=2)  # lr changes mid-call
+    tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
     mean, std = input_pipeline.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh(jax.devices()[:1])
@@ -262,10 +231,10 @@ def test_several_steps_per_call_equal_single_steps():
     images = rng.integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (4, 8)).astype(np.int32)
     key = jax.random.key(3)
-    init = train.create_train_state(jax.random.key(0), model, tx)
+    init = steps.create_train_state(jax.random.key(0), model, tx)
 
     def run(steps_per_call):
-        fn = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
+        fn = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
         state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)
         losses = []
         for start in range(0, 4, steps_per_call):
@@ -301,13 +270,13 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     from jresnet import input_pipeline, parallel
 
     config = _config()
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=2)
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=2)
+    tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
     mean, std = input_pipeline.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh(jax.devices()[:1])
-    fn = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
-    state = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), model, tx))
+    fn = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
+    state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
     images = jax.ShapeDtypeStruct((steps_per_call, 8, 32, 32, 3), jnp.uint8)
     labels = jax.ShapeDtypeStruct((steps_per_call, 8), jnp.int32)
     hlo = fn.lower(state, images, labels, jax.random.key(1)).as_text()

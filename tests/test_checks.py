@@ -1,0 +1,55 @@
+"""jresnet.configs.checks: every unusable value is named before any data is read."""
+
+import pytest
+
+from jresnet.configs import checks, default
+from jresnet.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model", "resnet21", r"6n \+ 2"),
+        ("model", "vgg16", "unknown model"),
+        ("dataset", "mnist", "--config.dataset"),
+        ("num_epochs", 0, "--config.num_epochs must be a positive integer"),
+        ("batch_size", -1, "--config.batch_size must be a positive integer"),
+        ("schedule", "linear", "--config.schedule"),
+        ("shortcut", "C", "--config.shortcut"),
+        ("learning_rate", float("nan"), "--config.learning_rate"),
+        ("seed", -1, "--config.seed must be an integer >= 0"),
+        ("checkpoints_to_keep", -5, "--config.checkpoints_to_keep must be a positive integer"),
+        ("dtype", "float16", "--config.dtype"),
+        ("coordinator_timeout_s", 0, "--config.coordinator_timeout_s"),
+    ],
+)
+def test_validate_names_the_bad_key(key, value, message):
+    config = default.get_config()
+    config.unlock()
+    config[key] = value
+    with pytest.raises(ConfigError, match=message):
+        checks.validate(config)
+
+
+@pytest.mark.parametrize("boundaries", [("abc",), (48000, 32000), (0, 100), (100, 100)])
+def test_multistep_boundaries_must_be_increasing_step_numbers(boundaries):
+    config = default.get_config()
+    config.unlock()
+    config.schedule = "multistep"
+    config.lr_boundaries = boundaries
+    with pytest.raises(ConfigError, match=r"--config.lr_boundaries must be increasing"):
+        checks.validate(config)
+
+
+def test_the_shipped_configs_are_valid():
+    from jresnet.configs import paper
+
+    checks.validate(default.get_config())
+    checks.validate(paper.get_config())
+
+
+def test_changed_keys_compares_with_the_saved_json_values():
+    config = default.get_config()
+    saved = {**config.to_dict(), "lr_boundaries": [32000, 48000], "batch_size": 64}
+    assert checks.changed_keys(saved, config, checks.STEP_KEYS) == ["batch_size 64 -> 128"]
+    assert checks.changed_keys(saved, config, checks.NUMERIC_KEYS) == []  # tuple == list
