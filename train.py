@@ -33,9 +33,7 @@ def _config_file_argument(argv: list[str]) -> list[str]:
     for arg in argv:
         if arg.startswith("--config="):
             path, colon, rest = arg.removeprefix("--config=").partition(":")
-            found = next(
-                (p for p in (path, os.path.join(_REPO, path)) if os.path.isfile(p)), None
-            )
+            found = next((p for p in (path, os.path.join(_REPO, path)) if os.path.isfile(p)), None)
             if found is None:
                 sys.exit(_usage(f"--config file {path!r} not found (nor in {_REPO})"))
             arg = f"--config={os.path.abspath(found)}{colon}{rest}"
