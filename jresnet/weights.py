@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from jresnet import checkpoint
+from jresnet import checkpoint, convert
 from jresnet.configs.checks import ARCHITECTURE_KEYS
 from jresnet.errors import ConfigError
 
@@ -43,8 +43,6 @@ def load(
             if key in saved:
                 model_config[key] = saved[key]
     elif os.path.isfile(path):
-        from jresnet import convert  # imports torch, an optional dependency
-
         state_dict = convert.load_torch_checkpoint(path)
         variables = convert.torch_to_flax(state_dict, shortcut=config.shortcut)
         model_config = config

@@ -4,6 +4,7 @@ import logging
 import os
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,12 +28,6 @@ def _state(seed=0, shortcut="B"):
     return {"step": jnp.int32(0), **variables}
 
 
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_save_and_restore_round_trip_with_config(tmp_path):
     state = _state()
     with checkpoint.create_manager(tmp_path) as manager:
@@ -42,7 +37,7 @@ def test_save_and_restore_round_trip_with_config(tmp_path):
     assert step == 7 and meta["step"] == 7
     assert sorted(meta["digests"]) == ["batch_stats", "params"]
     assert config.model == "resnet8" and config.batch_size == 128
-    _assert_trees_equal(restored, state)
+    chex.assert_trees_all_equal(restored, state)
 
 
 def test_restore_latest_of_empty_directory_is_none(tmp_path):
@@ -74,7 +69,7 @@ def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys
     with checkpoint.create_manager(tmp_path) as manager:
         step, restored, _, _ = checkpoint.restore_latest(manager, target=first)
     assert step == 1
-    _assert_trees_equal(restored, first)
+    chex.assert_trees_all_equal(restored, first)
     assert "warning: the checkpoint at step 2 is unreadable" in capsys.readouterr().err
     assert os.path.isdir(tmp_path / "checkpoints" / "2")  # without move_unreadable: untouched
 

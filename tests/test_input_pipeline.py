@@ -75,6 +75,15 @@ def test_load_split_bad_split(tiny, split):
     assert repr(split) in str(info.value)
 
 
+def test_load_split_never_downloads_unless_asked(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_split went to the network without download=True")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(ip.DatasetNotFoundError, match="is not prepared"):
+        ip.load_split("cifar10", "train", tmp_path)
+
+
 def test_load_split_missing_dataset_offline_fails_fast_and_says_how_to_prepare(
     tmp_path, monkeypatch
 ):
@@ -85,7 +94,7 @@ def test_load_split_missing_dataset_offline_fails_fast_and_says_how_to_prepare(
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     start = time.perf_counter()
     with pytest.raises(ip.DatasetNotFoundError) as info:
-        ip.load_split("cifar10", "train", tmp_path)
+        ip.load_split("cifar10", "train", tmp_path, download=True)
     assert time.perf_counter() - start < 10
     message = str(info.value)
     assert "can't be downloaded" in message and "Name or service not known" in message

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -28,12 +29,6 @@ def _cli(workdir, data_dir, **overrides):
 def _variables(workdir):
     _, variables = checkpoint.load_model(workdir)
     return variables
-
-
-def _assert_equal_trees(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(tmp_path, data_dir):
@@ -79,7 +74,7 @@ def test_kill_9_inside_a_save_and_rerun_ends_with_exactly_the_uninterrupted_para
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from the checkpoint at step 4" in resumed.stderr
 
-    _assert_equal_trees(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
+    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert epochs == [1, 2, 3]
 
@@ -96,7 +91,7 @@ def test_sigterm_stops_inside_an_epoch_saves_and_resumes_exactly(tmp_path, data_
     assert os.listdir(tmp_path / "b" / "checkpoints") == ["2"]
     resumed = _run(cmd)
     assert resumed.returncode == 0, resumed.stderr
-    _assert_equal_trees(_variables(tmp_path / "b"), _variables(reference))
+    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(reference))
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
 
@@ -109,7 +104,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys):
     assert "recipe differs from the checkpoint's" in capsys.readouterr().err
     # The 1-epoch run used the 1-epoch schedule for its epoch, which has the
     # same lr (0.1) in epoch 1 as the 3-epoch one, so the runs must agree.
-    _assert_equal_trees(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
+    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
 
 
 def test_eval_only_reports_the_checkpoint_metrics(tmp_path, data_dir, capsys):
@@ -192,7 +187,7 @@ def test_diverging_loss_stops_with_a_message_and_keeps_good_checkpoints(tmp_path
     assert main.run(_config(data_dir, learning_rate=1e30), workdir) == errors.EXIT_DIVERGED
     assert "training diverged" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["4"]
-    _assert_equal_trees(_variables(workdir), good)
+    chex.assert_trees_all_equal(_variables(workdir), good)
 
 
 def test_training_in_a_workdir_of_converted_weights_points_to_init_from(tmp_path, data_dir, capsys):
@@ -244,7 +239,7 @@ def test_init_from_a_pytorch_checkpoint_file(tmp_path, data_dir):
     config.init_from = str(source)
     assert main.run(config, str(tmp_path / "finetune")) == 0
     expected = convert.torch_to_flax(convert.load_torch_checkpoint(str(source)))
-    _assert_equal_trees(_variables(tmp_path / "finetune")["params"], expected["params"])
+    chex.assert_trees_all_equal(_variables(tmp_path / "finetune")["params"], expected["params"])
 
 
 def test_a_second_run_in_a_busy_workdir_is_refused_and_writes_nothing(tmp_path, data_dir, capsys):
@@ -283,7 +278,7 @@ def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_run_completes(
     err = capsys.readouterr().err
     assert "Moved it to" in err and "Resuming from the checkpoint at step 8" in err
     assert [p.name.split("-")[0] for p in (workdir / "checkpoints-unreadable").iterdir()] == ["12"]
-    _assert_equal_trees(_variables(workdir), finished)
+    chex.assert_trees_all_equal(_variables(workdir), finished)
     # metrics.jsonl is rebuilt from the history saved in the checkpoints; epoch 3 is new.
     rebuilt = (workdir / "metrics.jsonl").read_text().splitlines()
     assert rebuilt[:2] == lines[:2]

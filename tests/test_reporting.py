@@ -25,7 +25,7 @@ def test_format_duration():
 
 
 def test_metrics_log_writes_jsonl_tensorboard_and_summary(tmp_path):
-    log = reporting.MetricsLog(str(tmp_path), start_epoch=0)
+    log = reporting.MetricsLog(str(tmp_path), [])
     for epoch, accuracy in [(1, 0.3), (2, 0.6), (3, 0.5)]:
         log.write(_record(epoch, accuracy))
     log.close()
@@ -38,16 +38,17 @@ def test_metrics_log_writes_jsonl_tensorboard_and_summary(tmp_path):
     assert "best 60.00% (epoch 2)" in reporting.format_summary(summary)
 
 
-def test_resume_drops_records_newer_than_the_checkpoint(tmp_path):
-    log = reporting.MetricsLog(str(tmp_path), start_epoch=0)
+def test_resume_rewrites_the_file_from_the_checkpoints_history(tmp_path):
+    log = reporting.MetricsLog(str(tmp_path), [])
     for epoch in (1, 2, 3):
         log.write(_record(epoch, 0.1 * epoch))
     log.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "trunc')  # killed mid-write
-    resumed = reporting.MetricsLog(str(tmp_path), start_epoch=2)
+    history = reporting.read_metrics(str(tmp_path))[:2]  # what the resumed checkpoint holds
+    resumed = reporting.MetricsLog(str(tmp_path), history)
     resumed.close()
-    assert [r["epoch"] for r in reporting.read_metrics(str(tmp_path))] == [1, 2]
+    assert reporting.read_metrics(str(tmp_path)) == history
 
 
 def test_plot_writes_a_png(tmp_path):

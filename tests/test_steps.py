@@ -114,7 +114,7 @@ def float64():
         jax.config.update("jax_enable_x64", False)
 
 
-def _sgd_steps_both(shortcut, steps, dtype):
+def _sgd_steps_both(shortcut, num_steps, dtype):
     """Our train_step and PyTorch's SGD loop from the same weights on the same batches.
 
     Returns ``(ours, theirs)``: variables as nested dicts of numpy arrays.
@@ -125,8 +125,8 @@ def _sgd_steps_both(shortcut, steps, dtype):
 
     rng = np.random.default_rng(0)
     batch = 16
-    images = rng.normal(size=(steps, batch, 32, 32, 3)).astype(dtype)
-    labels = rng.integers(0, 10, size=(steps, batch))
+    images = rng.normal(size=(num_steps, batch, 32, 32, 3)).astype(dtype)
+    labels = rng.integers(0, 10, size=(num_steps, batch))
     config = _config(schedule="cosine_epoch", num_epochs=4, shortcut=shortcut)
     lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=1)  # lr changes every step
     tx = steps.create_optimizer(config, lr_fn)
@@ -143,13 +143,13 @@ def _sgd_steps_both(shortcut, steps, dtype):
     step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn))
     for x, y in zip(images, labels, strict=True):
         state, _ = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
-    assert int(state.step) == steps
+    assert int(state.step) == num_steps
 
     _torch_sgd_run(
         torch_model,
         torch.from_numpy(images.transpose(0, 1, 4, 2, 3).copy()),
         torch.from_numpy(labels),
-        [float(lr_fn(s)) for s in range(steps)],
+        [float(lr_fn(s)) for s in range(num_steps)],
     )
     ours = {"params": state.params, "batch_stats": state.batch_stats}
     theirs = {k: v.double().numpy() for k, v in torch_model.state_dict().items()}
@@ -173,13 +173,13 @@ def test_three_sgd_steps_equal_pytorch_in_float64(shortcut, float64):
     converter); in float32 rounding alone is amplified by lr 0.1 to ~1e-4 after
     3 steps, which would hide real differences of that size.
     """
-    diffs = _max_abs_diff(*_sgd_steps_both(shortcut, steps=3, dtype="float64"))
+    diffs = _max_abs_diff(*_sgd_steps_both(shortcut, num_steps=3, dtype="float64"))
     assert max(diffs.values()) < 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_one_sgd_step_equals_pytorch_in_float32(shortcut):
-    diffs = _max_abs_diff(*_sgd_steps_both(shortcut, steps=1, dtype="float32"))
+    diffs = _max_abs_diff(*_sgd_steps_both(shortcut, num_steps=1, dtype="float32"))
     assert max(diffs.values()) < 5e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
 
 
@@ -261,7 +261,7 @@ def _rolled_scan_of_a_convolution() -> str:
 
 @pytest.mark.parametrize("steps_per_call", [1, 3])
 def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
-    """Convolutions inside an XLA:CPU while loop run ~50x slower (9 img/s, measured).
+    """Convolutions inside an XLA:CPU while loop run far slower (benchmarks/RESULTS.md).
 
     (The random-bit generator has small while loops of its own; they are fine.)"""
     assert (
