@@ -601,6 +601,20 @@ _LOCK_FILE = "lock"
 _UNLOCKED_GRACE_S = 60.0
 
 
+@contextlib.contextmanager
+def _data_dir(data_dir: Path) -> Iterator[None]:
+    """Creates ``data_dir`` if needed; removes it again if it stays empty after a failure."""
+    created = not data_dir.exists()
+    _create_data_dir(data_dir)
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: a concurrent run wrote there
+                data_dir.rmdir()
+        raise
+
+
 def _create_data_dir(data_dir: Path) -> None:
     """Creates ``data_dir`` (and its parents) or explains why it cannot be used."""
     try:
@@ -735,8 +749,7 @@ def _write(
 ) -> Path:
     """Writes ``splits`` as the TFDS dataset ``dataset`` in ``data_dir``; returns its directory."""
     data_dir = Path(data_dir)
-    _create_data_dir(data_dir)
-    with _staging_dir(data_dir, log) as staging:
+    with _data_dir(data_dir), _staging_dir(data_dir, log) as staging:
         return _write_staged(staging, data_dir, dataset, splits, overwrite)
 
 
@@ -810,8 +823,8 @@ def prepare(
     start = time.perf_counter()
     _check_dataset_name(dataset)
     data_dir = Path(data_dir)
-    _create_data_dir(data_dir)  # unusable destinations fail before the source is read
-    with _staging_dir(data_dir, log) as staging:
+    # An unusable destination fails before the source is read.
+    with _data_dir(data_dir), _staging_dir(data_dir, log) as staging:
         if dataset is not None:
             _refuse_existing(_target(data_dir, dataset), dataset, overwrite)
         log(f"Reading {source} ...")

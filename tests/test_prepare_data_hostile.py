@@ -78,7 +78,7 @@ def test_pickle_with_a_forbidden_global_runs_no_code(tmp_path):
     with pytest.raises(PrepareError, match=r"batches\.meta.*forbidden global (posix|nt)\.system"):
         prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "tfds", log=quiet)
     assert not marker.exists()
-    assert not (tmp_path / "tfds" / "cifar10").exists()
+    assert not (tmp_path / "tfds").exists()
 
 
 # --------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_random_bytes_near_the_end_of_a_tar_gz_are_an_error(tmp_path, back):
     path.write_bytes(bytes(data))
     with pytest.raises(PrepareError, match=r"cifar10\.tar\.gz"):
         prepare(path, tmp_path / "tfds", log=quiet)
-    assert not (tmp_path / "tfds" / "cifar10").exists()
+    assert not (tmp_path / "tfds").exists()  # nothing is left of the failed run
 
 
 def test_a_wrong_gzip_checksum_is_an_error(tmp_path):
@@ -114,6 +114,14 @@ def test_a_corrupt_member_header_in_a_plain_tar_is_an_error(tmp_path):
     data[last.offset : last.offset + 8] = b"garbage!"  # its name; the checksum no longer holds
     path.write_bytes(bytes(data))
     with pytest.raises(PrepareError, match=r"cifar10\.tar.*corrupt"):
+        prepare(path, tmp_path / "tfds", log=quiet)
+
+
+def test_data_after_the_end_of_a_tar_is_an_error(tmp_path):
+    path = tree_tarball(tmp_path, "w")
+    with open(path, "ab") as f:
+        f.write(b"a second archive, or garbage" * 100)
+    with pytest.raises(PrepareError, match=r"cifar10\.tar.*after the end-of-archive marker"):
         prepare(path, tmp_path / "tfds", log=quiet)
 
 
