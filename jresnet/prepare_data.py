@@ -127,12 +127,20 @@ class SplitArrays:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A dataset read from a local source: which dataset, what layout, and its splits."""
+    """A dataset read from a local source.
+
+    Attributes:
+      dataset: "cifar10" or "cifar100".
+      layout: a description of the source's layout, for messages.
+      splits: {"train": ..., "test": ...}.
+      official: read from an official-format archive (python or binary), which holds the
+        official split sizes; False for an image folder, which may be a subset.
+    """
 
     dataset: str
     layout: str
     splits: dict[str, SplitArrays]
-    official: bool = False  # an official-format archive (python or binary), not an image folder
+    official: bool = False
 
 
 def fine_to_coarse() -> np.ndarray:
@@ -780,9 +788,8 @@ def write_dataset(
     Raises:
       PrepareError: bad shapes, dtypes, labels or split names, or the dataset already exists.
     """
-    _check_dataset_name(dataset)
-    if dataset is None:
-        raise PrepareError("No dataset given.")
+    if dataset not in datasets.DATASETS:
+        raise PrepareError(f"Unknown dataset {dataset!r}; known: {sorted(datasets.DATASETS)}.")
     if not splits:
         raise PrepareError("No splits given.")
     arrays = {}

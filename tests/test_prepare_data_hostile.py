@@ -21,6 +21,7 @@ import pytest
 from jresnet import prepare_data
 from jresnet.prepare_data import PrepareError, prepare
 from tests.test_prepare_data import (
+    CIFAR10_LABELS,
     REPO,
     SPLITS10,
     add_file,
@@ -79,6 +80,22 @@ def test_pickle_with_a_forbidden_global_runs_no_code(tmp_path):
         prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "tfds", log=quiet)
     assert not marker.exists()
     assert not (tmp_path / "tfds").exists()
+
+
+class HugeArray:
+    """Unpickles as NumPy's ``_reconstruct(ndarray, (2**20, 2**20), "b")``: a 1 TiB array."""
+
+    def __reduce__(self):
+        return (np.empty(0).__reduce__()[0], (np.ndarray, (1 << 20, 1 << 20), b"b"))
+
+
+def test_only_the_empty_array_reconstruction_of_numpy_pickles_is_admitted(tmp_path):
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        meta = py2_pickle({"label_names": list(CIFAR10_LABELS)})
+        add_file(tar, "cifar-10-batches-py/batches.meta", meta)
+        add_file(tar, "cifar-10-batches-py/data_batch_1", py2_pickle({"data": HugeArray()}))
+    with pytest.raises(PrepareError, match=r"data_batch_1: unexpected array reconstruction"):
+        prepare_data.read_source(tmp_path / "cifar-10-python.tar.gz")
 
 
 # --------------------------------------------------------------------------
