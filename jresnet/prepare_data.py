@@ -35,7 +35,12 @@ Checks on the source (all before anything is written):
 Nothing half-written is left in ``DIR``: the dataset is built in a hidden work directory
 ``DIR/.jresnet_prepare_*/`` (which also holds TFDS's ``incomplete.*`` directory and its
 download scratch) and moved into place when complete. The work directory is locked with
-``flock`` while its run lives; the next run removes those of killed runs, with a message.
+``flock`` (POSIX) while its run lives; the next run removes those of killed runs, with a
+message, and names (without removing) leftovers it cannot prove dead: TFDS's own
+``DIR/<dataset>/incomplete.*`` and the ``.jresnet_overwrite_*`` of older jresnet versions.
+
+Problems with the source or the destination raise `PrepareError`; the command line prints
+``error: <message>`` and exits with status 2 (`jresnet.errors`); a bug keeps its traceback.
 
 The result is ``DIR/<dataset>/3.0.2/`` in ``array_record`` format, with the features, version,
 split names (``train``, ``test``), label names, example keys and ``id`` strings
