@@ -7,8 +7,10 @@ Usage::
 ``PATH`` is one of
 
 - ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``: the pickled batches of the official
-  release. They are unpickled with ``pickle.load(f, encoding="bytes")``; unpickling runs code
-  chosen by whoever made the file, so only point this at a tarball you trust (the official one).
+  release. They are unpickled by a restricted unpickler that admits exactly what the official
+  files hold (dicts, lists, bytes, ints and NumPy arrays: the globals
+  ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``); a pickle that
+  names any other global (the way pickles run code) is refused before anything runs.
 - ``cifar-10-binary.tar.gz`` / ``cifar-100-binary.tar.gz``: records of label byte(s) followed by
   3072 bytes of CHW pixels.
 - an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (a directory, or a ``.tar`` /
@@ -18,6 +20,27 @@ Usage::
   sorted folder names (for CIFAR-10 the official order is alphabetical, so both agree).
 
 Any of these may also be given as an already extracted directory.
+
+Checks on the source (all before anything is written):
+
+- Archives are read to their end: a truncated or corrupt archive, a bad gzip CRC or a damaged
+  tar header is an error, never a silently smaller dataset (see `jresnet.archives`).
+- Every file's size is checked before it is read (a CIFAR batch file may be at most 4 KiB per
+  example it should hold, a label-name file or an image file 1 MiB, all files together 1 GiB),
+  and every image's size and mode are read from its header before its pixels are decoded.
+- An official-format archive (python or binary) must hold the official number of examples per
+  split (`jresnet.datasets`: 50,000 train, 10,000 test); an image folder may be a subset, and
+  a warning says so.
+
+Nothing half-written is left in ``DIR``: the dataset is built in a hidden work directory
+``DIR/.jresnet_prepare_*/`` (which also holds TFDS's ``incomplete.*`` directory and its
+download scratch) and moved into place when complete. The work directory is locked with
+``flock`` (POSIX) while its run lives; the next run removes those of killed runs, with a
+message, and names (without removing) leftovers it cannot prove dead: TFDS's own
+``DIR/<dataset>/incomplete.*`` and the ``.jresnet_overwrite_*`` of older jresnet versions.
+
+Problems with the source or the destination raise `PrepareError`; the command line prints
+``error: <message>`` and exits with status 2 (`jresnet.errors`); a bug keeps its traceback.
 
 The result is ``DIR/<dataset>/3.0.2/`` in ``array_record`` format, with the features, version,
 split names (``train``, ``test``), label names, example keys and ``id`` strings
@@ -36,24 +59,27 @@ Findings about TFDS 4.9.10 (checked, not assumed):
 - Writing ``array_record`` shards and ``dataset_info.json`` needs no TensorFlow.
 - No network: the builder here subclasses the stock one (registration skipped) and overrides
   ``_split_generators`` so the download manager is never asked for anything; GCS access is also
-  turned off (``try_download_gcs=False``), and the download manager's scratch directory is a
-  temporary one, so nothing but the dataset lands in ``DIR``.
+  turned off (``try_download_gcs=False``). Why no public TFDS API does this: see
+  `_builder_class`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import os
 import pickle
 import re
-import sys
-import tarfile
+import shutil
+import struct
 import tempfile
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -61,54 +87,27 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from jresnet import archives, datasets, errors
 from jresnet.errors import JresnetError
 
 IMAGE_SHAPE = (32, 32, 3)
 SPLITS = ("train", "test")
 
-CIFAR10_LABELS = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
+# Size limits, checked before a file is read. A CIFAR example takes 3,072 pixel bytes, one or two
+# label bytes and, in the python batches, a file name of about 30 bytes: 4 KiB per example is a
+# third more than the official files need.
+_BYTES_PER_EXAMPLE = 4096
+_META_FILE_LIMIT = 1 << 20  # label names: under 1 KB in the official files
+_IMAGE_FILE_LIMIT = 1 << 20  # one 32x32 image: a few KB as PNG or JPEG
+_TOTAL_LIMIT = 1 << 30  # all files read: ~5x the largest release (CIFAR-100 python, 186 MB)
+_META_FILES = frozenset(
+    ["batches.meta", "batches.meta.txt", "meta", "fine_label_names.txt", "coarse_label_names.txt"]
 )
-
-# CIFAR-100 superclasses (coarse labels, in official order) and their five classes each.
-CIFAR100_SUPERCLASSES: Mapping[str, tuple[str, ...]] = {
-    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
-    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
-    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
-    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
-    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
-    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
-    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
-    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
-    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
-    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
-    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
-    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
-    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
-    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
-    "people": ("baby", "boy", "girl", "man", "woman"),
-    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
-    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
-    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
-    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
-    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
-}
-CIFAR100_COARSE_LABELS = tuple(CIFAR100_SUPERCLASSES)
-# The official fine labels are the 100 class names in alphabetical order.
-CIFAR100_LABELS = tuple(sorted(n for names in CIFAR100_SUPERCLASSES.values() for n in names))
-
-LABEL_NAMES: Mapping[str, tuple[str, ...]] = {
-    "cifar10": CIFAR10_LABELS,
-    "cifar100": CIFAR100_LABELS,
+# The official batch files: {file name: (split, number of files the split is spread over)}.
+_BATCH_FILES: Mapping[str, tuple[str, int]] = {
+    **{f"data_batch_{i}{ext}": ("train", 5) for i in range(1, 6) for ext in ("", ".bin")},
+    **{f"test_batch{ext}": ("test", 1) for ext in ("", ".bin")},
+    **{f"{split}{ext}": (split, 1) for split in SPLITS for ext in ("", ".bin")},
 }
 
 
@@ -133,54 +132,46 @@ class SplitArrays:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A dataset read from a local source: which dataset, what layout, and its splits."""
+    """A dataset read from a local source.
+
+    Attributes:
+      dataset: "cifar10" or "cifar100".
+      layout: a description of the source's layout, for messages.
+      splits: {"train": ..., "test": ...}.
+      official: read from an official-format archive (python or binary), which holds the
+        official split sizes; False for an image folder, which may be a subset.
+    """
 
     dataset: str
     layout: str
     splits: dict[str, SplitArrays]
+    official: bool = False
 
 
 def fine_to_coarse() -> np.ndarray:
     """CIFAR-100's superclass of every fine label: int64 ``[100]`` with values in ``0..19``."""
-    lookup = {fine: c for c, fines in enumerate(CIFAR100_SUPERCLASSES.values()) for fine in fines}
-    return np.array([lookup[name] for name in CIFAR100_LABELS], dtype=np.int64)
+    superclasses = datasets.CIFAR100_SUPERCLASSES
+    lookup = {fine: c for c, fines in enumerate(superclasses.values()) for fine in fines}
+    labels = datasets.get("cifar100").label_names
+    return np.array([lookup[name] for name in labels], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading sources.
 
 
-def _read_files(path: Path) -> dict[str, bytes]:
-    """All regular files under a directory or in a tar archive: {posix relative path: bytes}."""
-    files: dict[str, bytes] = {}
-    if path.is_dir():
-        for root, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not _is_junk(d))
-            for name in names:
-                if not _is_junk(name):
-                    full = Path(root) / name
-                    files[full.relative_to(path).as_posix()] = full.read_bytes()
-        return files
-    if not tarfile.is_tarfile(path):
-        raise PrepareError(
-            f"{path} is neither a directory nor a tar archive (.tar, .tar.gz); expected "
-            "cifar-10-python.tar.gz, cifar-10-binary.tar.gz or an image-folder tree."
-        )
-    # Members are read into memory, never extracted, so member paths cannot escape anywhere.
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            name = PurePosixPath(member.name)
-            if not member.isfile() or any(_is_junk(part) for part in name.parts):
-                continue
-            fileobj = tar.extractfile(member)
-            assert fileobj is not None  # regular files always have contents
-            files[name.as_posix().removeprefix("./")] = fileobj.read()
-    return files
-
-
-def _is_junk(name: str) -> bool:
-    """Hidden files and macOS metadata (``.DS_Store``, ``._x.jpg``, ``__MACOSX``)."""
-    return (name.startswith(".") and name not in (".", "..")) or name == "__MACOSX"
+def _file_limit(path: str) -> int | None:
+    """The largest size a source file may have, in bytes; None for a file no layout reads."""
+    parts = PurePosixPath(path).parts
+    if parts[-1] in _META_FILES:
+        return _META_FILE_LIMIT
+    if parts[-1] in _BATCH_FILES:
+        split, num_files = _BATCH_FILES[parts[-1]]
+        examples = max(d.split_sizes[split] for d in datasets.DATASETS.values()) // num_files
+        return examples * _BYTES_PER_EXAMPLE
+    if len(parts) >= 3 and parts[-3] in SPLITS:  # [root/]split/class/image
+        return _IMAGE_FILE_LIMIT
+    return None
 
 
 def _find(files: Mapping[str, bytes], basename: str) -> str | None:
@@ -191,11 +182,15 @@ def _find(files: Mapping[str, bytes], basename: str) -> str | None:
     return hits[0] if hits else None
 
 
-def _require(files: Mapping[str, bytes], basename: str, layout: str) -> bytes:
+def _require_path(files: Mapping[str, bytes], basename: str, layout: str) -> str:
     path = _find(files, basename)
     if path is None:
         raise PrepareError(f"The source looks like {layout} but has no {basename!r}.")
-    return files[path]
+    return path
+
+
+def _require(files: Mapping[str, bytes], basename: str, layout: str) -> bytes:
+    return files[_require_path(files, basename, layout)]
 
 
 def _chw_rows_to_nhwc(rows: np.ndarray, what: str) -> np.ndarray:
@@ -208,6 +203,10 @@ def _chw_rows_to_nhwc(rows: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
+def _label_names(dataset: str) -> tuple[str, ...]:
+    return datasets.get(dataset).label_names
+
+
 def _check_names(found: Sequence[str], expected: Sequence[str], layout: str) -> None:
     if tuple(found) != tuple(expected):
         raise PrepareError(
@@ -216,23 +215,86 @@ def _check_names(found: Sequence[str], expected: Sequence[str], layout: str) -> 
         )
 
 
-def _unpickle(data: bytes) -> dict:
-    # The CIFAR python release is a set of pickled dicts of NumPy arrays, bytes and lists; see
-    # the module docstring on trusting the tarball.
-    return pickle.loads(data, encoding="bytes")
+_NUMPY_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy.core.multiarray._reconstruct
+
+
+def _empty_array(subtype: type, shape: tuple, dtype: bytes) -> np.ndarray:
+    """``_reconstruct`` as NumPy's pickles call it: an empty array for ``__setstate__`` to fill.
+
+    Any other shape would allocate memory the pickle does not hold, so it is refused.
+    """
+    if subtype is not np.ndarray or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"unexpected array reconstruction ({subtype}, {shape})")
+    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
+
+
+# Every global the official python batches reference (written by Python 2's cPickle at protocol
+# 2: NumPy arrays are the only objects in them that are not dicts, lists, str or int); numpy 2
+# names the module numpy._core.
+_PICKLE_GLOBALS: Mapping[tuple[str, str], Callable] = {
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+# What a malformed pickle can raise while loading (C unpickler, NumPy's __setstate__).
+_UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    MemoryError,
+    struct.error,
+)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what the official CIFAR python batches contain, and nothing else.
+
+    A pickle runs code by naming a global (``os.system``, ``builtins.eval``, ...) and calling
+    it; `find_class` resolves only the globals in `_PICKLE_GLOBALS`, so any other pickle fails
+    at its first other global, before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> Callable:
+        allowed = _PICKLE_GLOBALS.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(
+                f"the pickle references the forbidden global {module}.{name}; the official "
+                "CIFAR batches reference only NumPy's array reconstruction "
+                "(numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype). Not "
+                "unpickled, nothing in it ran: this file was not made by the CIFAR authors"
+            )
+        return allowed
+
+
+def _unpickle(files: Mapping[str, bytes], basename: str, layout: str) -> dict:
+    """The dict pickled in the file ``basename`` (Python 2 ``str`` values come back as bytes)."""
+    path = _require_path(files, basename, layout)
+    try:
+        batch = _BatchUnpickler(io.BytesIO(files[path]), encoding="bytes").load()
+    except _UNPICKLE_ERRORS as e:
+        raise PrepareError(f"{path}: {e}.") from e
+    if not isinstance(batch, dict):
+        raise PrepareError(f"{path}: a pickled {type(batch).__name__}, not a CIFAR batch dict.")
+    return batch
 
 
 def _read_python_cifar10(files: Mapping[str, bytes]) -> dict[str, SplitArrays]:
     layout = "cifar-10-python"
-    meta = _unpickle(_require(files, "batches.meta", layout))
-    _check_names([n.decode() for n in meta[b"label_names"]], CIFAR10_LABELS, layout)
+    meta = _unpickle(files, "batches.meta", layout)
+    _check_names([n.decode() for n in meta[b"label_names"]], _label_names("cifar10"), layout)
     batches = {
         "train": [f"data_batch_{i}" for i in range(1, 6)],
         "test": ["test_batch"],
     }
     splits = {}
     for split, names in batches.items():
-        parts = [_unpickle(_require(files, name, layout)) for name in names]
+        parts = [_unpickle(files, name, layout) for name in names]
         images = np.concatenate([_chw_rows_to_nhwc(p[b"data"], split) for p in parts])
         labels = np.concatenate([np.asarray(p[b"labels"], dtype=np.int64) for p in parts])
         splits[split] = SplitArrays(images, labels)
@@ -241,12 +303,14 @@ def _read_python_cifar10(files: Mapping[str, bytes]) -> dict[str, SplitArrays]:
 
 def _read_python_cifar100(files: Mapping[str, bytes]) -> dict[str, SplitArrays]:
     layout = "cifar-100-python"
-    meta = _unpickle(_require(files, "meta", layout))
-    _check_names([n.decode() for n in meta[b"fine_label_names"]], CIFAR100_LABELS, layout)
-    _check_names([n.decode() for n in meta[b"coarse_label_names"]], CIFAR100_COARSE_LABELS, layout)
+    meta = _unpickle(files, "meta", layout)
+    cifar100 = datasets.get("cifar100")
+    _check_names([n.decode() for n in meta[b"fine_label_names"]], cifar100.label_names, layout)
+    coarse_names = [n.decode() for n in meta[b"coarse_label_names"]]
+    _check_names(coarse_names, cifar100.coarse_label_names, layout)
     splits = {}
     for split in SPLITS:
-        part = _unpickle(_require(files, split, layout))
+        part = _unpickle(files, split, layout)
         splits[split] = SplitArrays(
             _chw_rows_to_nhwc(part[b"data"], split),
             np.asarray(part[b"fine_labels"], dtype=np.int64),
@@ -273,7 +337,8 @@ def _text_names(data: bytes) -> list[str]:
 
 def _read_binary_cifar10(files: Mapping[str, bytes]) -> dict[str, SplitArrays]:
     layout = "cifar-10-binary"
-    _check_names(_text_names(_require(files, "batches.meta.txt", layout)), CIFAR10_LABELS, layout)
+    names = _text_names(_require(files, "batches.meta.txt", layout))
+    _check_names(names, _label_names("cifar10"), layout)
     batches = {
         "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
         "test": ["test_batch.bin"],
@@ -290,9 +355,9 @@ def _read_binary_cifar10(files: Mapping[str, bytes]) -> dict[str, SplitArrays]:
 def _read_binary_cifar100(files: Mapping[str, bytes]) -> dict[str, SplitArrays]:
     layout = "cifar-100-binary"
     fine_names = _text_names(_require(files, "fine_label_names.txt", layout))
-    _check_names(fine_names, CIFAR100_LABELS, layout)
+    _check_names(fine_names, datasets.get("cifar100").label_names, layout)
     coarse_names = _text_names(_require(files, "coarse_label_names.txt", layout))
-    _check_names(coarse_names, CIFAR100_COARSE_LABELS, layout)
+    _check_names(coarse_names, datasets.get("cifar100").coarse_label_names, layout)
     splits = {}
     for split in SPLITS:
         images, labels = _parse_binary(_require(files, f"{split}.bin", layout), 2, f"{split}.bin")
@@ -306,9 +371,12 @@ _IMAGE_FOLDER_HELP = (
 
 
 def _read_image_folder(
-    files: Mapping[str, bytes], dataset: str | None
+    files: Mapping[str, bytes], all_names: Sequence[str], dataset: str | None
 ) -> tuple[str, str, dict[str, SplitArrays]]:
-    """Decode ``[root/]{train,test}/<class>/<file>``; returns (dataset, layout, splits)."""
+    """Decode ``[root/]{train,test}/<class>/<file>``; returns (dataset, layout, splits).
+
+    ``all_names`` lists every file of the source, read or not, for the error messages.
+    """
     # (root, split, class, file name) -> bytes, for every path of that shape.
     entries: dict[tuple[tuple[str, ...], str, str, str], bytes] = {}
     for path, data in files.items():
@@ -319,7 +387,7 @@ def _read_image_folder(
     if not entries:
         raise PrepareError(
             "Unrecognised layout: found no CIFAR batch files and no train/<class>/<image> or "
-            f"test/<class>/<image> paths. First files seen: {sorted(files)[:8]}. Supported: "
+            f"test/<class>/<image> paths. First files seen: {sorted(all_names)[:8]}. Supported: "
             f"cifar-10-python.tar.gz, cifar-10-binary.tar.gz (and the cifar-100 ones), or "
             f"{_IMAGE_FOLDER_HELP}."
         )
@@ -336,13 +404,14 @@ def _read_image_folder(
             f"Class folders differ between train {classes['train']} and test {classes['test']}."
         )
     names = classes["train"]
-    expected = {n: len(LABEL_NAMES[n]) for n in ([dataset] if dataset else list(LABEL_NAMES))}
+    candidates = [dataset] if dataset else list(datasets.DATASETS)
+    expected = {n: datasets.get(n).num_classes for n in candidates}
     matches = [name for name, count in expected.items() if count == len(names)]
     if not matches:
         wanted = " or ".join(f"{count} ({name})" for name, count in expected.items())
         raise PrepareError(f"Found {len(names)} class folders {names[:12]}, expected {wanted}.")
     dataset = matches[0]
-    official = {n.lower(): i for i, n in enumerate(LABEL_NAMES[dataset])}
+    official = {n.lower(): i for i, n in enumerate(_label_names(dataset))}
     if {n.lower() for n in names} == set(official):
         label_of = {n: official[n.lower()] for n in names}
         layout = "image-folder tree, labels from the official class names"
@@ -362,20 +431,38 @@ def _read_image_folder(
     return dataset, layout, splits
 
 
+# What PIL raises for damaged image files (its plugins use all of these).
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+
 def _decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode one image file to uint8 ``[32, 32, 3]``; it must already be 32x32 RGB."""
+    """Decode one image file to uint8 ``[32, 32, 3]``; it must already be 32x32 RGB.
+
+    Size and mode come from the file's header (``Image.open`` is lazy); the pixels are decoded
+    only for a 32x32 RGB image, so no file can make this allocate more than 3 KB of pixels.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            mode, size = image.mode, image.size
-            pixels = np.asarray(image)
-    except Exception as e:  # PIL raises several types for unreadable files.
+        with warnings.catch_warnings():
+            # Huge images are refused below from their header, before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError as e:
+        raise PrepareError(f"{name}: not an image (PIL recognises no image format in it).") from e
+    except Image.DecompressionBombError as e:
+        raise PrepareError(f"{name}: refused, its header claims a huge image ({e}).") from e
+    except _IMAGE_ERRORS as e:
         raise PrepareError(f"{name}: not a readable image ({e}).") from e
-    if mode != "RGB" or size != IMAGE_SHAPE[1::-1]:
-        raise PrepareError(
-            f"{name}: a {size[0]}x{size[1]} {mode} image; every image must be 32x32 RGB."
-        )
-    return pixels
+    with image:
+        width, height = image.size
+        if image.mode != "RGB" or (height, width) != IMAGE_SHAPE[:2]:
+            raise PrepareError(
+                f"{name}: a {width}x{height} {image.mode} image; every image must be 32x32 RGB."
+            )
+        try:
+            image.load()
+            return np.asarray(image)
+        except _IMAGE_ERRORS as e:
+            raise PrepareError(f"{name}: not a readable image ({e}).") from e
 
 
 def read_source(path: str | os.PathLike, dataset: str | None = None) -> Source:
@@ -390,15 +477,20 @@ def read_source(path: str | os.PathLike, dataset: str | None = None) -> Source:
 
     Raises:
       PrepareError: missing path, unrecognised layout, wrong class folders, images that are
-        not 32x32 RGB, or a source of another dataset than ``dataset``.
+        not 32x32 RGB, a source of another dataset than ``dataset``, an archive that is
+        truncated or corrupt or holds an oversized file, a pickle naming a forbidden global,
+        or an official-format archive without the official number of examples.
     """
-    if dataset is not None and dataset not in LABEL_NAMES:
-        raise PrepareError(f"Unknown dataset {dataset!r}; known: {sorted(LABEL_NAMES)}.")
+    _check_dataset_name(dataset)
     path = Path(path)
     if not path.exists():
         raise PrepareError(f"{path} does not exist.")
-    files = _read_files(path)
-    if not files:
+    try:
+        source_files = archives.read_files(path, _file_limit, _TOTAL_LIMIT)
+    except archives.ArchiveError as e:
+        raise PrepareError(str(e)) from e
+    files = source_files.contents
+    if not files and not source_files.skipped:
         raise PrepareError(f"{path} contains no files.")
 
     readers: list[tuple[str, str, str, Callable[[Mapping[str, bytes]], dict]]] = [
@@ -415,14 +507,30 @@ def read_source(path: str | os.PathLike, dataset: str | None = None) -> Source:
             raise PrepareError(f"{path} is {layout}, which holds {source_dataset}, not {dataset}.")
         try:
             splits = reader(files)
-        except (KeyError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as e:
+        except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise PrepareError(f"{path} looks like {layout} but is malformed: {e!r}.") from e
+        for split, arrays in splits.items():
+            official = datasets.get(source_dataset).split_sizes[split]
+            if len(arrays.images) != official:
+                raise PrepareError(
+                    f"{path} ({layout}) holds {len(arrays.images):,} {split} examples; the "
+                    f"official release has {official:,}. It is incomplete or altered: download "
+                    "the official archive again."
+                )
+        official_format = True
         break
     else:
-        source_dataset, layout, splits = _read_image_folder(files, dataset)
+        all_names = [*files, *source_files.skipped]
+        source_dataset, layout, splits = _read_image_folder(files, all_names, dataset)
+        official_format = False
     for split, arrays in splits.items():
-        _validate(arrays.images, arrays.labels, len(LABEL_NAMES[source_dataset]), split)
-    return Source(source_dataset, layout, splits)
+        _validate(arrays.images, arrays.labels, datasets.get(source_dataset).num_classes, split)
+    return Source(source_dataset, layout, splits, official_format)
+
+
+def _check_dataset_name(dataset: str | None) -> None:
+    if dataset is not None and dataset not in datasets.DATASETS:
+        raise PrepareError(f"Unknown dataset {dataset!r}; known: {sorted(datasets.DATASETS)}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +555,23 @@ def _encode_png(image: np.ndarray) -> bytes:
 
 
 def _builder_class(dataset: str) -> type:
-    """The stock TFDS builder of ``dataset`` with its data read from memory instead of the web."""
+    """The stock TFDS builder of ``dataset`` with its data read from memory instead of the web.
+
+    Overriding ``_split_generators`` is TFDS's extension point for builder authors (every TFDS
+    dataset implements it), though not public API for users. The public alternatives in TFDS
+    4.9.10 were tried and do not give the stock dataset:
+
+    - ``tfds.dataset_builders.store_as_tfds_dataset`` / ``AdhocBuilder``: its
+      ``_split_generators`` tests ``isinstance(data, tf.data.Dataset)``, which imports
+      TensorFlow (``ModuleNotFoundError`` without it), and its ``_info`` sets no
+      ``supervised_keys`` (the stock ``("image", "label")`` would be lost), nor the stock
+      description, citation and homepage.
+    - ``tfds.core.SequentialWriter`` writes TFRecord only, with ``tf.io.TFRecordWriter``
+      (TensorFlow again), and in the given order rather than the stock builder's shuffle by
+      example key.
+    - ``tfds.folder_dataset.write_metadata`` only describes shards that already exist; writing
+      array_record shards in the stock order ourselves would re-implement TFDS's writer.
+    """
     stock = tfds.builder_cls(dataset)
 
     class LocalCifar(stock, skip_registration=True):
@@ -459,9 +583,10 @@ def _builder_class(dataset: str) -> type:
 
         def _split_generators(self, dl_manager):
             del dl_manager  # never download anything
-            self.info.features["label"].names = list(LABEL_NAMES[dataset])
-            if dataset == "cifar100":
-                self.info.features["coarse_label"].names = list(CIFAR100_COARSE_LABELS)
+            facts = datasets.get(dataset)
+            self.info.features["label"].names = list(facts.label_names)
+            if facts.coarse_label_names is not None:
+                self.info.features["coarse_label"].names = list(facts.coarse_label_names)
             return {
                 split: self._generate_local(split, arrays)
                 for split, arrays in self._local_splits.items()
@@ -482,39 +607,163 @@ def _builder_class(dataset: str) -> type:
     return LocalCifar
 
 
-def _generate(builder: tfds.core.DatasetBuilder) -> None:
-    """Runs the builder's generation, offline, with a throwaway download directory."""
-    with tempfile.TemporaryDirectory(prefix="jresnet_prepare_") as scratch:
+_STAGING_PREFIX = ".jresnet_prepare_"
+_LOCK_FILE = "lock"
+# A live run locks its work directory microseconds after creating it; one without a lock file
+# this old was left by a run killed in between.
+_UNLOCKED_GRACE_S = 60.0
+
+
+@contextlib.contextmanager
+def _data_dir(data_dir: Path) -> Iterator[None]:
+    """Creates ``data_dir`` if needed; removes it again if it stays empty after a failure."""
+    created = not data_dir.exists()
+    _create_data_dir(data_dir)
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: a concurrent run wrote there
+                data_dir.rmdir()
+        raise
+
+
+def _create_data_dir(data_dir: Path) -> None:
+    """Creates ``data_dir`` (and its parents) or explains why it cannot be used."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        file = next(p for p in (data_dir, *data_dir.parents) if p.exists() and not p.is_dir())
+        raise PrepareError(
+            f"The data directory {data_dir} cannot be created: {file} is not a directory but "
+            "a file. Choose another --data_dir."
+        ) from e
+    except OSError as e:
+        raise PrepareError(
+            f"cannot create the data directory {data_dir} ({e.strerror}). Choose another "
+            "--data_dir or fix its permissions."
+        ) from e
+
+
+@contextlib.contextmanager
+def _staging_dir(data_dir: Path, log: Callable[[str], None]) -> Iterator[Path]:
+    """A new hidden work directory in ``data_dir`` for one run; removed when the run ends.
+
+    The run holds an ``flock`` on the directory's ``lock`` file for as long as it lives; the
+    kernel drops the lock when the process dies, even by SIGKILL. So the work directories of
+    killed runs, which are removed here first (with a message), are told apart from those of
+    runs still going, which are left alone. The lock is taken under a temporary name and then
+    renamed into place, so no run ever sees a live run's ``lock`` unlocked.
+    """
+    _remove_stale_staging(data_dir, log)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=data_dir))
+    except OSError as e:
+        raise PrepareError(
+            f"cannot write in the data directory {data_dir} ({e.strerror}). Choose another "
+            "--data_dir or fix its permissions."
+        ) from e
+    with open(staging / f"{_LOCK_FILE}.new", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(staging / f"{_LOCK_FILE}.new", staging / _LOCK_FILE)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(data_dir: Path, log: Callable[[str], None]) -> None:
+    """Removes the work directories that killed runs left in ``data_dir``; see `_staging_dir`."""
+    for candidate in sorted(data_dir.glob(f"{_STAGING_PREFIX}*")):
+        if not candidate.is_dir():
+            continue
+        try:
+            lock = open(candidate / _LOCK_FILE)
+        except FileNotFoundError:
+            if time.time() - candidate.stat().st_mtime > _UNLOCKED_GRACE_S:
+                _remove_leftover(candidate, log)
+            continue
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another prepare is writing there right now
+            _remove_leftover(candidate, log)
+
+
+def _remove_leftover(path: Path, log: Callable[[str], None]) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        log(f"warning: could not remove {path}, left by an interrupted run: {e}")
+    else:
+        log(f"Removed {path}, the unfinished work of an interrupted run.")
+
+
+def _warn_foreign_leftovers(data_dir: Path, dataset: str, log: Callable[[str], None]) -> None:
+    """Names leftovers of runs that had no lock: TFDS's own, or jresnet's before it had one."""
+    found = [
+        *sorted(data_dir.glob(".jresnet_overwrite_*")),
+        *sorted((data_dir / dataset).glob("incomplete.*")),
+    ]
+    for path in found:
+        log(
+            f"warning: {path} looks left over by an interrupted dataset preparation; delete it "
+            "unless another program is preparing a dataset in this directory right now."
+        )
+
+
+def _target(data_dir: Path, dataset: str) -> Path:
+    """Where the dataset's files go: ``data_dir/<dataset>/<version>``."""
+    return data_dir / dataset / str(tfds.builder_cls(dataset).VERSION)
+
+
+def _refuse_existing(target: Path, dataset: str, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise PrepareError(
+            f"{dataset} {target.name} already exists at {target}; "
+            "pass --overwrite (overwrite=True) to replace it."
+        )
+
+
+def _write_staged(
+    staging: Path,
+    data_dir: Path,
+    dataset: str,
+    splits: Mapping[str, SplitArrays],
+    overwrite: bool,
+) -> Path:
+    """Generates the dataset in ``staging``, then moves it into ``data_dir``; returns its path."""
+    target = _target(data_dir, dataset)
+    _refuse_existing(target, dataset, overwrite)
+    builder = _builder_class(dataset)(splits=splits, data_dir=os.fspath(staging))
+    try:
         builder.download_and_prepare(
-            download_dir=scratch,
+            download_dir=os.fspath(staging / "downloads"),  # never used: nothing is downloaded
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
+        _refuse_existing(target, dataset, overwrite)  # another run may have finished meanwhile
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            target.rename(staging / "replaced")  # removed with the work directory
+        Path(builder.data_dir).rename(target)
+    except OSError as e:  # the directory was writable: a full disk, a quota, an I/O error
+        raise PrepareError(f"writing {dataset} to {data_dir} failed: {e}") from e
+    return target
 
 
 def _write(
-    data_dir: str | os.PathLike, dataset: str, splits: Mapping[str, SplitArrays], overwrite: bool
+    data_dir: str | os.PathLike,
+    dataset: str,
+    splits: Mapping[str, SplitArrays],
+    overwrite: bool,
+    log: Callable[[str], None],
 ) -> Path:
     """Writes ``splits`` as the TFDS dataset ``dataset`` in ``data_dir``; returns its directory."""
-    builder_cls = _builder_class(dataset)
     data_dir = Path(data_dir)
-    builder = builder_cls(splits=splits, data_dir=os.fspath(data_dir))
-    target = Path(builder.data_dir)
-    if not builder.is_prepared():
-        _generate(builder)  # TFDS writes to an incomplete.* directory, then renames it
-        return target
-    if not overwrite:
-        raise PrepareError(
-            f"{dataset} {builder.version} already exists at {target}; "
-            "pass --overwrite (overwrite=True) to replace it."
-        )
-    # Build the replacement beside the old one, then swap the two directories.
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".jresnet_overwrite_") as staging:
-        fresh = builder_cls(splits=splits, data_dir=staging)
-        _generate(fresh)
-        target.rename(Path(staging) / "old")
-        Path(fresh.data_dir).rename(target)
-    return target
+    with _data_dir(data_dir), _staging_dir(data_dir, log) as staging:
+        return _write_staged(staging, data_dir, dataset, splits, overwrite)
 
 
 _SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -544,8 +793,8 @@ def write_dataset(
     Raises:
       PrepareError: bad shapes, dtypes, labels or split names, or the dataset already exists.
     """
-    if dataset not in LABEL_NAMES:
-        raise PrepareError(f"Unknown dataset {dataset!r}; known: {sorted(LABEL_NAMES)}.")
+    if dataset not in datasets.DATASETS:
+        raise PrepareError(f"Unknown dataset {dataset!r}; known: {sorted(datasets.DATASETS)}.")
     if not splits:
         raise PrepareError("No splits given.")
     arrays = {}
@@ -557,10 +806,10 @@ def write_dataset(
         if labels.dtype.kind not in "iu":
             raise PrepareError(f"{split}: labels must be integers, got {labels.dtype}.")
         labels = labels.astype(np.int64)
-        _validate(images, labels, len(LABEL_NAMES[dataset]), split)
+        _validate(images, labels, datasets.get(dataset).num_classes, split)
         coarse = fine_to_coarse()[labels] if dataset == "cifar100" else None
         arrays[split] = SplitArrays(images, labels, coarse)
-    _write(data_dir, dataset, arrays, overwrite)
+    _write(data_dir, dataset, arrays, overwrite, log=lambda _: None)
 
 
 def prepare(
@@ -584,27 +833,35 @@ def prepare(
       The dataset's version directory, ``data_dir/<dataset>/<version>``.
     """
     start = time.perf_counter()
-    log(f"Reading {source} ...")
-    read = read_source(source, dataset)
-    counts = ", ".join(f"{s}: {len(a.images)}" for s, a in read.splits.items())
-    log(f"Read {read.dataset} ({read.layout}) in {time.perf_counter() - start:.1f}s: {counts}.")
-    written = _write(data_dir, read.dataset, read.splits, overwrite)
+    _check_dataset_name(dataset)
+    data_dir = Path(data_dir)
+    # An unusable destination fails before the source is read.
+    with _data_dir(data_dir), _staging_dir(data_dir, log) as staging:
+        if dataset is not None:
+            _refuse_existing(_target(data_dir, dataset), dataset, overwrite)
+        log(f"Reading {source} ...")
+        read = read_source(source, dataset)
+        counts = ", ".join(f"{s}: {len(a.images)}" for s, a in read.splits.items())
+        seconds = time.perf_counter() - start
+        log(f"Read {read.dataset} ({read.layout}) in {seconds:.1f}s: {counts}.")
+        if not read.official:
+            _warn_other_sizes(read, log)
+        _warn_foreign_leftovers(data_dir, read.dataset, log)
+        written = _write_staged(staging, data_dir, read.dataset, read.splits, overwrite)
     log(f"Wrote {read.dataset} in array_record format to {written} ({counts}).")
     log(f"Done in {time.perf_counter() - start:.1f}s.")
     return written
 
 
-# The official python-format archives and their MD5 sums (from the CIFAR page).
-DOWNLOADS = {
-    "cifar10": (
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
-    ),
-    "cifar100": (
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85",
-    ),
-}
+def _warn_other_sizes(read: Source, log: Callable[[str], None]) -> None:
+    for split, arrays in read.splits.items():
+        official = datasets.get(read.dataset).split_sizes[split]
+        if len(arrays.images) != official:
+            log(
+                f"warning: {len(arrays.images):,} {split} images; the official {read.dataset} "
+                f"{split} split has {official:,}. Fine for a subset, but this is not the "
+                "official dataset."
+            )
 
 
 def download_and_prepare(
@@ -621,7 +878,7 @@ def download_and_prepare(
     Network failures raise ``OSError`` (``urllib.error.URLError``) within
     ``timeout_s`` per blocking operation; a corrupt download raises `PrepareError`.
     """
-    url, md5 = DOWNLOADS[dataset]
+    url, md5 = datasets.get(dataset).url, datasets.get(dataset).md5
     with tempfile.TemporaryDirectory(prefix="jresnet-download-") as tmp:
         path = Path(tmp) / url.rsplit("/", 1)[1]
         log(f"Downloading {url} ...")
@@ -654,17 +911,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data_dir", required=True, help="TFDS data directory to write into.")
     parser.add_argument(
-        "--dataset", choices=sorted(LABEL_NAMES), default=None, help="default: from the source"
+        "--dataset",
+        choices=sorted(datasets.DATASETS),
+        default=None,
+        help="default: from the source",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    args = parser.parse_args(argv)
-    try:
+    args = parser.parse_args(argv)  # bad flags exit with argparse's status 2
+
+    def job() -> None:
         prepare(args.source, args.data_dir, args.dataset, overwrite=args.overwrite)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    # PrepareError -> "error: ..." and errors.EXIT_USAGE (2); a bug keeps its traceback.
+    return errors.run_cli(job)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import pickle
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -16,18 +18,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jresnet import input_pipeline, prepare_data
-from jresnet.prepare_data import (
-    CIFAR10_LABELS,
-    CIFAR100_COARSE_LABELS,
-    CIFAR100_LABELS,
-    PrepareError,
-    fine_to_coarse,
-    prepare,
-    write_dataset,
-)
+from jresnet import datasets, input_pipeline, prepare_data
+from jresnet.prepare_data import PrepareError, fine_to_coarse, prepare, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+CIFAR10_LABELS = datasets.get("cifar10").label_names
+CIFAR100_LABELS = datasets.get("cifar100").label_names
+CIFAR100_COARSE_LABELS = datasets.get("cifar100").coarse_label_names
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +36,18 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture
+def tiny_release(monkeypatch):
+    """Pretends the official releases have the split sizes of the tiny archives built here.
+
+    An official-format archive (python or binary) must hold the official 50,000/10,000
+    examples; the tests build ones with 20 (CIFAR-10) or 100 (CIFAR-100) per split.
+    """
+    for name, size in [("cifar10", 20), ("cifar100", 100)]:
+        tiny = dataclasses.replace(datasets.get(name), split_sizes={"train": size, "test": size})
+        monkeypatch.setitem(datasets.DATASETS, name, tiny)
 
 
 def fake_split(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,18 +70,61 @@ def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class Py2Pickler(pickle._Pickler):
+    """Pickles as Python 2's cPickle did at protocol 2, the way the official batches were made.
+
+    Python 2 wrote its ``str`` (the dict keys, label names, file names and the pixel buffer) as
+    BINSTRING, which ``pickle.load(encoding="bytes")`` turns into ``bytes``, and named NumPy's
+    array reconstructor ``numpy.core.multiarray._reconstruct``. Python 3's own protocol 2
+    would instead call ``_codecs.encode`` for every ``bytes`` object.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+    _reconstruct = np.empty(0).__reduce__()[0]
+
+    def save_py2_str(self, obj: bytes | str) -> None:
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj, name=None) -> None:
+        if obj is self._reconstruct:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def py2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
 def python_tarball(path: Path, splits=SPLITS10) -> Path:
     """A cifar-10-python.tar.gz: pickled dicts, the training split over five batches."""
     with tarfile.open(path, "w:gz") as tar:
-        meta = {b"label_names": [n.encode() for n in CIFAR10_LABELS]}
-        add_file(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(meta))
+        meta = {"num_cases_per_batch": 4, "label_names": list(CIFAR10_LABELS), "num_vis": 3072}
+        add_file(tar, "cifar-10-batches-py/batches.meta", py2_pickle(meta))
         images, labels = splits["train"]
         for i, part in enumerate(np.array_split(np.arange(len(images)), 5), start=1):
-            batch = {b"data": chw_rows(images[part]), b"labels": labels[part].tolist()}
-            add_file(tar, f"cifar-10-batches-py/data_batch_{i}", pickle.dumps(batch))
+            batch = {
+                "batch_label": f"training batch {i} of 5",
+                "labels": labels[part].tolist(),
+                "data": chw_rows(images[part]),
+                "filenames": [f"image_{j}.png" for j in part],
+            }
+            add_file(tar, f"cifar-10-batches-py/data_batch_{i}", py2_pickle(batch))
         images, labels = splits["test"]
-        batch = {b"data": chw_rows(images), b"labels": labels.tolist()}
-        add_file(tar, "cifar-10-batches-py/test_batch", pickle.dumps(batch))
+        batch = {"batch_label": "testing batch 1 of 1", "labels": labels.tolist()}
+        batch["data"] = chw_rows(images)
+        add_file(tar, "cifar-10-batches-py/test_batch", py2_pickle(batch))
     return path
 
 
@@ -124,6 +176,7 @@ def assert_dataset_equals(data_dir: Path, dataset: str, splits) -> None:
 # Sources.
 
 
+@pytest.mark.usefixtures("tiny_release")
 @pytest.mark.parametrize("layout", ["python", "binary", "tree", "tree_tar"])
 def test_prepare_reads_every_layout_exactly(tmp_path, layout):
     source = {
@@ -154,18 +207,20 @@ def test_image_folder_with_other_names_uses_sorted_folder_order(tmp_path):
     assert_dataset_equals(tmp_path / "tfds", "cifar10", reversed_labels)
 
 
+@pytest.mark.usefixtures("tiny_release")
 def test_cifar100_python_tarball(tmp_path):
     splits = {"train": fake_split(100, 1, 2), "test": fake_split(100, 1, 3)}
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
         meta = {
-            b"fine_label_names": [n.encode() for n in CIFAR100_LABELS],
-            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_LABELS],
+            "fine_label_names": list(CIFAR100_LABELS),
+            "coarse_label_names": list(CIFAR100_COARSE_LABELS),
         }
-        add_file(tar, "cifar-100-python/meta", pickle.dumps(meta))
+        add_file(tar, "cifar-100-python/meta", py2_pickle(meta))
         for split, (images, labels) in splits.items():
-            coarse = fine_to_coarse()[labels]
-            data = {b"data": chw_rows(images), b"fine_labels": labels, b"coarse_labels": coarse}
-            add_file(tar, f"cifar-100-python/{split}", pickle.dumps(data))
+            coarse = fine_to_coarse()[labels].tolist()
+            data = {"data": chw_rows(images), "fine_labels": labels.tolist()}
+            data["coarse_labels"] = coarse
+            add_file(tar, f"cifar-100-python/{split}", py2_pickle(data))
     prepare(tmp_path / "cifar-100-python.tar.gz", tmp_path / "tfds", log=lambda _: None)
     assert_dataset_equals(tmp_path / "tfds", "cifar100", splits)
     for example in tfds.data_source("cifar100", split="test", data_dir=tmp_path / "tfds"):
@@ -288,10 +343,10 @@ def test_images_must_be_32x32_rgb(tmp_path, bad, match):
 
 def test_malformed_python_tarball(tmp_path):
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
-        meta = {b"label_names": [n.encode() for n in CIFAR10_LABELS]}
-        add_file(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(meta))
+        meta = {"label_names": list(CIFAR10_LABELS)}
+        add_file(tar, "cifar-10-batches-py/batches.meta", py2_pickle(meta))
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            add_file(tar, f"cifar-10-batches-py/{name}", pickle.dumps({b"batch_label": b"x"}))
+            add_file(tar, f"cifar-10-batches-py/{name}", py2_pickle({"batch_label": "x"}))
     with pytest.raises(PrepareError, match="cifar-10-python but is malformed"):
         prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "tfds", log=lambda _: None)
 
@@ -318,7 +373,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli(tmp_path):
-    source = binary_tarball(tmp_path / "cifar-10-binary.tar.gz")
+    # An image folder: the official-format archives must hold the official 60,000 images.
+    source = tar_of(image_tree(tmp_path / "tree"), tmp_path / "cifar10.tar.gz")
     result = run_cli("--from", str(source), "--data_dir", str(tmp_path / "tfds"))
     assert result.returncode == 0, result.stderr
     assert "train: 20, test: 20" in result.stdout
@@ -333,6 +389,7 @@ def test_cli_bad_input(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.usefixtures("tiny_release")
 def test_download_and_prepare_checks_md5_and_writes_the_dataset(tmp_path, monkeypatch):
     """The internet path, with urlopen serving a local python-format tarball."""
     tarball = python_tarball(tmp_path / "cifar-10-python.tar.gz")
@@ -344,13 +401,15 @@ def test_download_and_prepare_checks_md5_and_writes_the_dataset(tmp_path, monkey
         return io.BytesIO(data)
 
     monkeypatch.setattr(prepare_data.urllib.request, "urlopen", fake_urlopen)
-    url = prepare_data.DOWNLOADS["cifar10"][0]
-    monkeypatch.setitem(prepare_data.DOWNLOADS, "cifar10", (url, "0" * 32))
+    url = datasets.get("cifar10").url
+    cifar10 = datasets.get("cifar10")  # the tiny_release one
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(cifar10, md5="0" * 32))
     with pytest.raises(prepare_data.PrepareError, match="MD5"):
         prepare_data.download_and_prepare("cifar10", tmp_path / "bad", log=lambda _: None)
     assert not (tmp_path / "bad").exists()
 
-    monkeypatch.setitem(prepare_data.DOWNLOADS, "cifar10", (url, hashlib.md5(data).hexdigest()))
+    right = dataclasses.replace(cifar10, md5=hashlib.md5(data).hexdigest())
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", right)
     prepare_data.download_and_prepare("cifar10", tmp_path / "tfds", log=lambda _: None)
     assert served == [url, url]
     assert_dataset_equals(tmp_path / "tfds", "cifar10", SPLITS10)
