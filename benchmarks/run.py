@@ -460,7 +460,7 @@ def has_while_loop(lowered: Any) -> bool:
     Such loops are about 20x slower on XLA:CPU (jax-ml/jax#12868). While loops without
     convolutions (e.g. threefry's rolled rounds on CPU) are harmless and not counted.
     """
-    from tests import stablehlo_loops  # the repository root is on sys.path in workers
+    from jresnet.testing import stablehlo_loops
 
     return stablehlo_loops.convolutions_in_while_loops(lowered.as_text()) > 0
 
