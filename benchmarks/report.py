@@ -282,6 +282,22 @@ def conv_medians(runs: Runs) -> dict[str, dict[str, dict[str, float]]]:
     return medians
 
 
+CONVS_INTRO = [
+    "## 4. Convolutions alone: where the model step's time goes",
+    "",
+    "Each of ResNet-20's convolutions at batch 128, jitted (JAX) or called (torch) alone "
+    "on random float32 data: median ms of the forward pass / the input gradient (dx) / "
+    "the weight gradient (dw), each its own call, over rounds. XLA: the model's "
+    "convolution (`jresnet.conv`); 'lax's own gradients': `lax.conv_general_dilated` "
+    "itself, whose stride-2 input gradient `jresnet.conv` replaces on CPU. '1 CPU': the "
+    "same process pinned to one CPU; a pass that takes as long there as with 2 CPUs runs "
+    "single-threaded. The totals weight each convolution by how often ResNet-20 has it "
+    "(21 in all), i.e. the convolution time of one training step, beside the whole "
+    "step measured in section 1 (ms per batch of 128).",
+    "",
+]
+
+
 def render_convs(runs: Runs, img: Stats) -> list[str]:
     """The per-convolution section: where the model step's time goes, XLA against oneDNN."""
     medians = conv_medians(runs)
@@ -293,18 +309,7 @@ def render_convs(runs: Runs, img: Stats) -> list[str]:
         return " / ".join(fmt(ms[name], 2) if name in ms else "-" for name in CONV_PASSES)
 
     lines = [
-        "## 4. Convolutions alone: where the model step's time goes",
-        "",
-        "Each of ResNet-20's convolutions at batch 128, jitted (JAX) or called (torch) alone "
-        "on random float32 data: median ms of the forward pass / the input gradient (dx) / "
-        "the weight gradient (dw), each its own call, over rounds. XLA: the model's "
-        "convolution (`jresnet.conv`); 'lax's own gradients': `lax.conv_general_dilated` "
-        "itself, whose stride-2 input gradient `jresnet.conv` replaces on CPU. '1 CPU': the "
-        "same process pinned to one CPU; a pass that takes as long there as with 2 CPUs runs "
-        "single-threaded. The totals weight each convolution by how often ResNet-20 has it "
-        "(21 in all), i.e. the convolution time of one training step, beside the whole "
-        "step measured in section 1 (ms per batch of 128).",
-        "",
+        *CONVS_INTRO,
         "| convolution (count) | " + " | ".join(c.label for c in shown) + " |",
         "|---|" + "---:|" * len(shown),
     ]

@@ -105,10 +105,8 @@ def test_shown_command_hides_path_values():
     )
 
 
-def test_quick_run_writes_only_to_output_and_names_no_machine_path(tmp_path):
-    """A real run (one cheap configuration): a broken data dir falls back to synthetic data."""
-    data_dir = tmp_path / "tfds"
-    (data_dir / "cifar10").mkdir(parents=True)  # there, but no prepared dataset in it
+def test_quick_run_writes_only_to_output_and_names_no_machine_path(data_dir, tmp_path):
+    """A real run of one cheap configuration, on the tiny TFDS CIFAR-10 of conftest.py."""
     output = tmp_path / "out" / "RESULTS.md"
     output.parent.mkdir()
     committed = {}
@@ -116,19 +114,19 @@ def test_quick_run_writes_only_to_output_and_names_no_machine_path(tmp_path):
         with open(os.path.join(ROOT, "benchmarks", name), "rb") as f:
             committed[f.name] = f.read()
     cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "matmul-numpy"]
-    cmd += ["--data-dir", str(data_dir), "--output", str(output)]
+    cmd += ["--data-dir", data_dir, "--output", str(output)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "could not load --data-dir" in proc.stderr
     text = output.read_text()
     results = json.loads(output.with_suffix(".json").read_text())
-    assert results["real_data"] is False
-    assert "- Data: synthetic" in text
-    assert "| numpy | " in text  # the configuration's row, with a number in it
+    assert results["real_data"] is True
+    assert "- Data: real cifar10 from the TFDS data dir given by `--data-dir`: 64 train" in text
+    assert "| numpy | " in text  # the configuration's row
     assert results["runs"]["matmul-numpy"][0]["gflops"] > 0
-    assert "python -m benchmarks.workers --worker prepare" in text
+    assert "python -m benchmarks.workers --worker prepare --result OUT.json --data DATA" in text
+    assert "--data-dir DATA_DIR --output OUTPUT" in text
     for written in (text, json.dumps(results)):
-        for path in (str(tmp_path), ROOT, sys.prefix, sys.executable):
+        for path in (data_dir, str(tmp_path), ROOT, sys.prefix, sys.executable):
             assert path not in written
     for path, content in committed.items():
         with open(path, "rb") as f:
