@@ -61,7 +61,7 @@ def check(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int) ->
     import torch
 
     from jresnet import checkpoint, convert
-    from tests.torch_reference import torch_resnet
+    from jresnet.testing.torch_reference import torch_resnet
 
     nhwc = (images - IMAGENET_MEAN) / IMAGENET_STD
 

@@ -2,7 +2,7 @@
 
 The seed (kuangliu/pytorch-cifar adapted to ResNet-20) trains, eagerly and in NCHW:
 
-* ResNet-20 with option B shortcuts (``tests/torch_reference.py``, the network the
+* ResNet-20 with option B shortcuts (`jresnet.testing.torch_reference`, the network the
   parity tests check jresnet against): ``conv1`` 3x3/16 without bias, ``bn1``, three
   stages ``layer1..3`` of 3 `BasicBlock` each (16/32/64 planes; stages 2 and 3 start
   with stride 2; a 1x1 convolution + BatchNorm shortcut where the shape changes),
@@ -28,8 +28,6 @@ Standalone use (a few steps on random data, or on arrays from an ``.npz``)::
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,8 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests import torch_reference
+from jresnet.testing import torch_reference
 
 SEED_MEAN = (0.4914, 0.4822, 0.4465)
 SEED_STD = (0.2023, 0.1994, 0.2010)

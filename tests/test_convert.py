@@ -16,7 +16,7 @@ from jresnet import convert, models
 try:
     import torch
 
-    from tests.torch_reference import randomize_batchnorm, torch_resnet
+    from jresnet.testing.torch_reference import randomize_batchnorm, torch_resnet
 except ImportError:  # torch is in the test extra; the numpy-only tests still run without it
     torch = None
 

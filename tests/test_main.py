@@ -230,7 +230,7 @@ def test_eval_only_uses_the_checkpoints_own_architecture_and_normalization(
 def test_init_from_a_pytorch_checkpoint_file(tmp_path, data_dir):
     torch = pytest.importorskip("torch")
     from jresnet import convert
-    from tests import torch_reference
+    from jresnet.testing import torch_reference
 
     torch.manual_seed(0)
     source = tmp_path / "ckpt.pth"

@@ -182,7 +182,7 @@ def test_bfloat16_forward_close_to_float32() -> None:
 @pytest.mark.parametrize(("shortcut", "depth"), CASES, ids=CASE_IDS)
 def test_param_count_matches_torch(shortcut: str, depth: int) -> None:
     torch = pytest.importorskip("torch")
-    from tests.torch_reference import torch_resnet
+    from jresnet.testing.torch_reference import torch_resnet
 
     with torch.device("meta"):  # shapes only: no memory, no init
         reference = torch_resnet(depth, shortcut)
@@ -191,7 +191,7 @@ def test_param_count_matches_torch(shortcut: str, depth: int) -> None:
 
 def _random_torch_model(shortcut: str, depth: int = 20, seed: int = 0):
     torch = pytest.importorskip("torch")
-    from tests.torch_reference import randomize_batchnorm, torch_resnet
+    from jresnet.testing.torch_reference import randomize_batchnorm, torch_resnet
 
     torch.manual_seed(seed)
     reference = torch_resnet(depth, shortcut)
@@ -260,7 +260,7 @@ def test_train_forward_and_running_stats_match_torch(shortcut: str) -> None:
 
 def test_option_a_shortcut_matches_torch() -> None:
     torch = pytest.importorskip("torch")
-    from tests.torch_reference import option_a
+    from jresnet.testing.torch_reference import option_a
 
     x = torch.randn(2, 16, 8, 8)
     expected = option_a(32)(x).numpy().transpose(0, 2, 3, 1)

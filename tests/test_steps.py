@@ -12,7 +12,7 @@ from jresnet.configs import default
 torch = pytest.importorskip("torch")
 
 from jresnet import convert  # noqa: E402  (needs torch)
-from tests import stablehlo_loops, torch_reference  # noqa: E402
+from jresnet.testing import stablehlo_loops, torch_reference  # noqa: E402
 
 
 def _config(**overrides):

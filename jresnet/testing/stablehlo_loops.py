@@ -1,8 +1,9 @@
 """Finds convolutions inside while loops of a lowered JAX program (StableHLO text).
 
-XLA:CPU runs convolutions inside while loops about 50x slower (jax-ml/jax#12868),
-and a ``lax.scan`` that is not fully unrolled (even of length 1) is such a loop.
-Used by tests/test_train.py and benchmarks/run.py.
+XLA:CPU runs convolutions inside while loops many times slower (jax-ml/jax#12868;
+measured in ``benchmarks/RESULTS.md``, section 1, the rolled-scan row), and a
+``lax.scan`` that is not fully unrolled (even of length 1) is such a loop. Used by
+tests/test_train.py and the benchmarks (`benchmarks.jax_workers`).
 """
 
 from __future__ import annotations

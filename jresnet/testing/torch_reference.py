@@ -1,4 +1,10 @@
-"""PyTorch reference implementations of the CIFAR ResNets (NCHW), for parity tests.
+"""PyTorch reference implementations of the CIFAR ResNets (NCHW), for parity checks.
+
+The network jresnet's tests compare against (same weights, same inputs: logits,
+train-mode outputs, BatchNorm statistics, training steps) and the benchmarks train
+as the seed did. Users can run the same checks: build ``torch_resnet(depth, shortcut)``,
+copy its weights with `jresnet.convert.torch_to_flax`, and compare outputs. Needs
+``torch``, an optional dependency of jresnet (extras ``test`` and ``bench``).
 
 Two layouts, with the state-dict keys `jresnet.convert` reads and writes:
 

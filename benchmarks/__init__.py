@@ -1,0 +1,13 @@
+"""jresnet's CPU benchmark suite; run ``python -m benchmarks.run`` from the repository root.
+
+* `benchmarks.run`: the command: one worker process per configuration and round.
+* `benchmarks.configs`: the configurations, and how long each measurement runs.
+* `benchmarks.resnet20`: ResNet-20's FLOP count and convolution inventory.
+* `benchmarks.workers`: a worker process (`benchmarks.jax_workers`,
+  `benchmarks.torch_workers` measure; `benchmarks.data` feeds them).
+* `benchmarks.report`: ``RESULTS.md`` and ``RESULTS.json`` from the collected runs.
+* `benchmarks.machine`: the machine, the package versions, the background load.
+* `benchmarks.timing`: timing helpers.
+* `benchmarks.torch_seed`: the seed's training in PyTorch, the reference.
+* `benchmarks.weight_gradient`: ways to write a 3x3 weight gradient on XLA:CPU.
+"""
