@@ -24,8 +24,8 @@ from benchmarks import data as bench_data
 from benchmarks import timing
 from benchmarks.configs import BATCH, EVAL_BATCH, MATMUL_N, Config, Sizes
 from benchmarks.resnet20 import RESNET20_CONVS, ConvShape
-from jresnet import checkpoint, input_pipeline, parallel, reporting, train
 from jresnet import conv as jresnet_conv
+from jresnet import input_pipeline, models, parallel, reporting, steps, train
 from jresnet.configs import default
 from jresnet.testing import stablehlo_loops
 
@@ -39,19 +39,19 @@ class JaxSetup:
 
     def __init__(self) -> None:
         self.config = default.get_config()
-        self.model = checkpoint.model_from_config(self.config)
+        self.model = models.from_config(self.config)
         steps_per_epoch = input_pipeline.steps_per_epoch(50_000, self.config.batch_size)
-        self.lr_fn = train.create_learning_rate_fn(self.config, steps_per_epoch)
-        self.tx = train.create_optimizer(self.config, self.lr_fn)
+        self.lr_fn = steps.create_learning_rate_fn(self.config, steps_per_epoch)
+        self.tx = steps.create_optimizer(self.config, self.lr_fn)
         self.mesh = parallel.create_mesh()
-        self.state = train.create_train_state(jax.random.key(0), self.model, self.tx)
+        self.state = steps.create_train_state(jax.random.key(0), self.model, self.tx)
         self.mean, self.std = input_pipeline.NORMALIZATIONS[self.config.normalization]
 
     def train_fn(
         self, augment: bool, steps_per_call: int = 1, unroll: int | None = None
     ) -> Callable[..., Any]:
-        """`jresnet.train.make_train_fn` for this recipe."""
-        return train.make_train_fn(
+        """`jresnet.steps.make_train_fn` for this recipe."""
+        return steps.make_train_fn(
             self.model,
             self.tx,
             self.lr_fn,
@@ -66,7 +66,7 @@ class JaxSetup:
     def plain_step(self) -> Callable[..., Any]:
         """``jax.jit(train_step)`` alone (no mesh): ``(state, float batch) -> (state, metrics)``."""
         step = functools.partial(
-            train.train_step, model=self.model, tx=self.tx, learning_rate_fn=self.lr_fn
+            steps.train_step, model=self.model, tx=self.tx, learning_rate_fn=self.lr_fn
         )
         return jax.jit(step, donate_argnums=0)
 
@@ -218,17 +218,17 @@ def e2e(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
 
 
 def eval_(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
-    """Eval throughput at batch 1000 (`train.evaluate`, uint8 in, normalised in the step)."""
+    """Eval throughput at batch 1000 (`steps.evaluate`, uint8 in, normalised in the step)."""
     n = sizes.eval_batches * EVAL_BATCH
     images, labels, real = bench_data.load(data, "test", n)
     images, labels = images[:n], labels[:n]
     setup = JaxSetup()
-    eval_fn = train.make_eval_fn(setup.model, setup.mean, setup.std, setup.mesh)
+    eval_fn = steps.make_eval_fn(setup.model, setup.mean, setup.std, setup.mesh)
     state = setup.replicated_state()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def evaluate(x: Any, y: Any) -> dict[str, float]:
-        return train.evaluate(eval_fn, variables, x, y, EVAL_BATCH, setup.mesh)
+        return steps.evaluate(eval_fn, variables, x, y, EVAL_BATCH, setup.mesh)
 
     start = time.perf_counter()
     evaluate(images[:EVAL_BATCH], labels[:EVAL_BATCH])

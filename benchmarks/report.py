@@ -132,7 +132,7 @@ def throughput_intro(measure: str, sizes: dict[str, Any], peak_ref: float | None
         return [
             "## 1. Model step: training throughput, batch 128, random data",
             "After warm-up; compile apart; batches already on the device. `jit(train_step)`: "
-            "`jresnet.train.train_step` jitted alone on a float batch. jresnet driver: "
+            "`jresnet.steps.train_step` jitted alone on a float batch. jresnet driver: "
             "`make_train_fn(augment=False, steps_per_call=K)` (normalise + `train_step` under "
             "`shard_map` on a 1-device mesh, K steps in a `lax.scan` unrolled K times unless "
             "the row says `unroll=1`) on a uint8 batch, with the XLA flags `train.py` sets. "
@@ -156,7 +156,7 @@ def throughput_intro(measure: str, sizes: dict[str, Any], peak_ref: float | None
     return [
         "## 3. Eval: batch 1000, inference mode",
         f"{sizes['eval_batches']} batches of 1000 test images after one warm-up batch. "
-        "jresnet: `train.evaluate(make_eval_fn(...))` from uint8 (normalisation in the "
+        "jresnet: `steps.evaluate(make_eval_fn(...))` from uint8 (normalisation in the "
         "jitted step); torch: `inference_mode`, pre-normalised float tensors, accuracy "
         "read back per batch.",
     ]

@@ -13,7 +13,7 @@ Measurements:
 
 1. model step: training images/s at batch 128 on random data already on the device, after
    warm-up (compile time apart), through jresnet's own jitted driver
-   (`jresnet.train.make_train_fn`, no augmentation) with default XLA flags, with the YNN
+   (`jresnet.steps.make_train_fn`, no augmentation) with default XLA flags, with the YNN
    flag, with K steps per call (``steps_per_call``, an unrolled scan), and once with a
    rolled scan (an XLA while loop, what XLA:CPU runs slowly); against the seed in torch,
    eager NCHW and channels_last. Also as a share of the machine's fp32 matmul peak.

@@ -322,7 +322,7 @@ def test_eval_only_creates_no_workdir_and_bounds_the_batch(tmp_path, data_dir, c
 
 def test_init_from_weights_with_nan_is_refused(tmp_path, data_dir, capsys):
     torch = pytest.importorskip("torch")
-    from tests import torch_reference
+    from jresnet.testing import torch_reference
 
     state_dict = torch_reference.torch_resnet(8, "B").state_dict()
     state_dict["linear.bias"][0] = float("nan")
