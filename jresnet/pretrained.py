@@ -231,8 +231,14 @@ def _download(weights: Weights, path: str, timeout_s: float) -> None:
     """Downloads to a temporary file next to ``path``, then renames it: no partial files."""
     hint = f"Download {weights.url} by hand and put it at {path}."
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=f".{weights.file_name}.", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{weights.file_name}.", dir=directory)
+    except OSError as e:
+        raise PretrainedError(
+            f"can't write to the weights cache {directory} ({e}); choose another one with "
+            f"${CACHE_ENV} or cache_dir"
+        ) from e
     try:
         with os.fdopen(fd, "wb") as out:
             with urllib.request.urlopen(weights.url, timeout=timeout_s) as response:

@@ -467,6 +467,12 @@ def test_cli_workdir_to_file_gives_the_same_logits_in_torch(tmp_path, suffix: st
     assert convert.main([str(workdir), str(out)]) == 2
     assert out.read_bytes() == before
 
+    # And back: the exported file converts into the same variables.
+    assert convert.main([str(out), str(tmp_path / "again")]) == 0
+    _, again = checkpoint.load_model(tmp_path / "again")
+    assert_trees_equal(again, variables)
+    assert checkpoint.load_config(tmp_path / "again").normalization == "cifar"
+
 
 def test_cli_directory_source_needs_a_file_output(tmp_path, capsys) -> None:
     (tmp_path / "x.pth").mkdir()
