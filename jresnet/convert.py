@@ -32,7 +32,6 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -248,9 +247,7 @@ def save_state_dict_file(state_dict: Mapping[str, Any], path: str | os.PathLike[
             f"{', '.join((*TORCH_EXTENSIONS, SAFETENSORS_EXTENSION))}"
         )
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=ext, dir=directory)
-    os.close(fd)
+    partial = f"{path}.partial{ext}"  # not mkstemp: the file gets the umask's permissions
     try:
         if ext == SAFETENSORS_EXTENSION:
             # "format": "pt" tells Hugging Face tools these are PyTorch-layout tensors.
