@@ -499,3 +499,14 @@ def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch) -> None:
     (tmp_path / "in.pth").write_bytes(b"x")
     with pytest.raises(RuntimeError, match="a bug"):
         convert.main([str(tmp_path / "in.pth"), str(tmp_path / "out")])
+
+
+def test_the_mapping_imports_neither_torch_nor_orbax() -> None:
+    code = (
+        "import sys, jresnet.torch_layouts, jresnet.convert; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'orbax', 'safetensors'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -244,3 +244,11 @@ def test_cli_converts_a_published_name(tmp_path, monkeypatch, capsys) -> None:
     assert "neither a file, a work directory nor a published weights name" in (
         capsys.readouterr().err
     )
+
+
+def test_main_prints_every_name(capsys) -> None:
+    assert pretrained.main([]) == 0
+    out = capsys.readouterr().out
+    for w in pretrained.list():
+        assert f"| `{w.name}` | {w.depth} | {w.shortcut} |" in out
+    assert "| `cifar100_resnet20` | 20 | B | 278,324 | cifar100 | cifar100 | 68.83% |" in out
