@@ -34,6 +34,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     # ImageNet's, as used by akamaster/pytorch_resnet_cifar10.
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # CIFAR-100's, as chenyaofo/pytorch-cifar-models trained its CIFAR-100 models with
+    # (the training configs in that repository's logs/cifar100/resnet*/default.log).
+    "cifar100": ((0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761)),
 }
 
 PADDING = 4  # pixels of zero padding around each side before the random 32x32 crop

@@ -6,8 +6,12 @@ into ``(model_config, variables)``:
 * a jresnet work directory (trained, or written by ``python -m jresnet.convert``): the
   variables of its newest readable checkpoint, and the architecture, dtype and
   normalisation saved with them;
-* a PyTorch checkpoint file (the seed's ``ckpt.pth``, akamaster's ``.th``, a bare state
-  dict): converted by `jresnet.convert` with the current config's shortcut option.
+* a PyTorch checkpoint or ``.safetensors`` file (the seed's ``ckpt.pth``, akamaster's
+  ``.th``, a bare state dict): converted by `jresnet.convert` with the current config's
+  shortcut option;
+* the name of published weights (`jresnet.pretrained`, e.g. ``cifar10_resnet20``):
+  downloaded once into the verified cache, with the architecture, dataset and
+  normalisation they were trained with.
 
 Weights holding a NaN or an infinity are refused: a run must not start from them.
 """
@@ -19,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from jresnet import checkpoint, convert
+from jresnet import checkpoint, convert, pretrained
 from jresnet.configs.checks import ARCHITECTURE_KEYS
 from jresnet.errors import ConfigError
 
@@ -43,12 +47,21 @@ def load(
             if key in saved:
                 model_config[key] = saved[key]
     elif os.path.isfile(path):
-        state_dict = convert.load_torch_checkpoint(path)
+        state_dict = convert.load_state_dict_file(path)
         variables = convert.torch_to_flax(state_dict, shortcut=config.shortcut)
         model_config = config
+    elif source in pretrained.REGISTRY:
+        published = pretrained.get(source)
+        _, variables = pretrained.load(source)
+        model_config = config.copy_and_resolve_references()
+        model_config.model = f"resnet{published.depth}"
+        model_config.shortcut = published.shortcut
+        model_config.dataset = published.dataset
+        model_config.normalization = published.normalization
     else:
         raise ConfigError(
-            f"{source!r} is neither a PyTorch checkpoint file nor a jresnet work directory"
+            f"{source!r} is neither a jresnet work directory, a PyTorch or safetensors file, "
+            f"nor the name of published weights ({', '.join(pretrained.REGISTRY)})"
         )
     bad = checkpoint.nonfinite_leaves(variables)
     if bad:

@@ -171,6 +171,85 @@ def test_contradictory_shortcut_is_an_error(have: str, ask: str) -> None:
     convert.torch_to_flax(torch_state_dict(have), shortcut=have)  # agreeing is fine
 
 
+def chenyaofo_layout(state_dict: dict) -> dict:
+    """As chenyaofo's files: torchvision's ``downsample`` and ``fc`` names."""
+    return {
+        k.replace(".shortcut.", ".downsample.").replace("linear.", "fc.", 1): v
+        for k, v in state_dict.items()
+    }
+
+
+@requires_torch
+def test_chenyaofo_layout_converts_like_the_seed_one() -> None:
+    state_dict = torch_state_dict("B", num_classes=100)
+    theirs = chenyaofo_layout(state_dict)
+    assert "layer2.0.downsample.0.weight" in theirs and "fc.weight" in theirs
+    assert convert.infer_architecture(theirs) == (8, "B", 100)
+    assert convert.describe_layout(theirs) == "chenyaofo"
+    assert_trees_equal(convert.torch_to_flax(theirs), convert.torch_to_flax(state_dict))
+    back = convert.flax_to_torch(convert.torch_to_flax(theirs), layout="chenyaofo")
+    assert list(back) == list(theirs)
+
+
+@requires_torch
+def test_mixed_layouts_are_refused_naming_the_odd_keys() -> None:
+    mixed = chenyaofo_layout(torch_state_dict("B"))
+    mixed["layer3.0.shortcut.0.weight"] = mixed.pop("layer3.0.downsample.0.weight")
+    with pytest.raises(convert.ConversionError) as info:
+        convert.torch_to_flax(mixed)
+    message = str(info.value)
+    assert "chenyaofo layout" in message
+    assert "missing keys (1): layer3.0.downsample.0.weight" in message
+    assert "unexpected keys (1): layer3.0.shortcut.0.weight" in message
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_naming_the_tensors(value: float) -> None:
+    state_dict = convert.flax_to_torch(random_variables("B"))
+    state_dict["layer2.0.conv1.weight"][0, 0, 0, :2] = value
+    state_dict["bn1.running_var"][3] = value
+    with pytest.raises(convert.ConversionError, match="non-finite") as info:
+        convert.torch_to_flax(state_dict)
+    kind = "2 NaN" if np.isnan(value) else "0 NaN, 2 inf"
+    assert f"layer2.0.conv1.weight ({kind}" in str(info.value)
+    assert "bn1.running_var (" in str(info.value)
+
+    variables = random_variables("A")
+    variables["params"]["linear"]["bias"][1] = value
+    with pytest.raises(convert.ConversionError, match=r"params/linear/bias \("):
+        convert.flax_to_torch(variables)
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_safetensors_round_trip_is_exact(tmp_path, shortcut: str) -> None:
+    pytest.importorskip("safetensors")
+    variables = random_variables(shortcut)
+    path = tmp_path / "w.safetensors"
+    convert.save_state_dict_file(convert.flax_to_torch(variables), path)
+    assert path.read_bytes()[8:9] == b"{"  # u64 header length, then a JSON header
+    loaded = convert.load_state_dict_file(path)
+    assert sorted(loaded) == sorted(convert.flax_to_torch(variables))  # safetensors sorts keys
+    assert_trees_equal(convert.torch_to_flax(loaded), variables)
+
+
+@requires_torch
+def test_safetensors_file_loads_into_torch(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    variables = random_variables("B")
+    path = tmp_path / "w.safetensors"
+    convert.save_state_dict_file(convert.flax_to_torch(variables), path)
+    torch_resnet(8, "B").load_state_dict(load_file(path), strict=True)
+
+
+def test_unknown_output_format_is_refused(tmp_path) -> None:
+    with pytest.raises(convert.ConversionError, match=r"unknown weights format '\.npz'"):
+        convert.save_state_dict_file(
+            convert.flax_to_torch(random_variables("A")), tmp_path / "w.npz"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_not_a_resnet_state_dict() -> None:
     with pytest.raises(convert.ConversionError, match="not a CIFAR ResNet"):
         convert.torch_to_flax({"fc.weight": np.zeros((10, 512), np.float32)})
@@ -234,14 +313,41 @@ def test_pickled_module_is_refused(tmp_path) -> None:
         convert.load_torch_checkpoint(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello", "is not a PyTorch checkpoint"),
+        (b"\x00" + np.random.default_rng(0).bytes(4096), "is not a PyTorch checkpoint"),
+        (b"\x80\x02" + np.random.default_rng(1).bytes(4096), "can't be read as a PyTorch"),
+        (b"", "is not a PyTorch checkpoint"),
+    ],
+    ids=["text", "random", "random_pickle_header", "empty"],
+)
 @requires_torch
-def test_not_a_torch_file(tmp_path) -> None:
+def test_not_a_torch_file(tmp_path, content: bytes, message: str) -> None:
     path = tmp_path / "notes.pth"
-    path.write_text("hello")
-    with pytest.raises(convert.ConversionError, match="not a readable PyTorch checkpoint"):
+    path.write_bytes(content)
+    with pytest.raises(convert.ConversionError, match=message) as info:
         convert.load_torch_checkpoint(path)
-    with pytest.raises(FileNotFoundError):
+    assert "Python objects" not in str(info.value)  # it is garbage, not a pickled object
+
+
+@requires_torch
+def test_truncated_checkpoint_is_reported_as_corrupt(tmp_path) -> None:
+    path = tmp_path / "cut.pth"
+    torch.save(torch_state_dict("A"), path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(convert.ConversionError, match="corrupt or truncated"):
+        convert.load_torch_checkpoint(path)
+
+
+@requires_torch
+def test_missing_file_and_directory_are_named(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
         convert.load_torch_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "x.pth").mkdir()
+    with pytest.raises(convert.ConversionError, match="is a directory"):
+        convert.load_torch_checkpoint(tmp_path / "x.pth")
 
 
 @requires_torch
@@ -328,3 +434,94 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path, capsys, problem: str) -> 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@requires_torch
+def test_cli_workdir_to_file_gives_the_same_logits_in_torch(tmp_path, suffix: str) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from jresnet import checkpoint
+
+    source = tmp_path / "ckpt.pth"
+    torch.save({"net": torch_state_dict("B")}, source)
+    workdir = tmp_path / "work"
+    assert convert.main([str(source), str(workdir)]) == 0
+    out = tmp_path / f"exported{suffix}"
+    assert convert.main([str(workdir), str(out)]) == 0
+    state_dict = load_file(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
+
+    reference = torch_resnet(8, "B")
+    reference.load_state_dict(state_dict, strict=True)
+    reference.eval()
+    model, variables = checkpoint.load_model(workdir)
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    ours = np.asarray(model.apply(variables, x, train=False))
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+    # An existing output is never overwritten.
+    before = out.read_bytes()
+    assert convert.main([str(workdir), str(out)]) == 2
+    assert out.read_bytes() == before
+
+    # And back: the exported file converts into the same variables.
+    assert convert.main([str(out), str(tmp_path / "again")]) == 0
+    _, again = checkpoint.load_model(tmp_path / "again")
+    assert_trees_equal(again, variables)
+    assert checkpoint.load_config(tmp_path / "again").normalization == "cifar"
+
+
+def test_cli_directory_source_needs_a_file_output(tmp_path, capsys) -> None:
+    (tmp_path / "x.pth").mkdir()
+    assert convert.main([str(tmp_path / "x.pth"), str(tmp_path / "out")]) == 2
+    assert "is a directory, not a weights file" in capsys.readouterr().err
+
+
+@requires_torch
+def test_cli_refuses_nan_weights(tmp_path, capsys) -> None:
+    state_dict = torch_state_dict("B")
+    state_dict["layer1.0.bn2.weight"][0] = float("nan")
+    source = tmp_path / "nan.pth"
+    torch.save(state_dict, source)
+    assert convert.main([str(source), str(tmp_path / "out")]) == 2
+    assert "layer1.0.bn2.weight (1 NaN" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(convert, "convert_file", broken)
+    (tmp_path / "in.pth").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="a bug"):
+        convert.main([str(tmp_path / "in.pth"), str(tmp_path / "out")])
+
+
+def test_the_mapping_imports_neither_torch_nor_orbax() -> None:
+    code = (
+        "import sys, jresnet.torch_layouts, jresnet.convert; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'orbax', 'safetensors'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+@requires_torch
+def test_init_from_a_nan_checkpoint_is_refused(tmp_path) -> None:
+    from jresnet import train
+    from jresnet.configs import default
+
+    state_dict = torch_state_dict("B")
+    state_dict["linear.bias"][2] = float("inf")
+    torch.save({"net": state_dict}, tmp_path / "nan.pth")
+    config = default.get_config()
+    config.model, config.init_from = "resnet8", str(tmp_path / "nan.pth")
+    template = models.create_model("resnet8").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(convert.ConversionError, match=r"linear\.bias \(0 NaN, 1 inf"):
+        train.load_initial_variables(config, template)

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets)
     config.train_split = "train"  # any TFDS split string, e.g. "train[:45000]"
     config.eval_split = "test"
-    config.normalization = "cifar"  # "cifar": the seed's mean/std; "imagenet": akamaster's
+    config.normalization = "cifar"  # "cifar": the seed's; "imagenet": akamaster's; "cifar100"
     config.augment = True  # random crop with 4-pixel zero padding + horizontal flip
 
     # Optimisation.

@@ -1,0 +1,193 @@
+"""Class probabilities for images, in Python and on the command line.
+
+    from jresnet.predict import predict
+    model, variables = jresnet.pretrained.load("cifar10_resnet20")
+    probabilities = predict(model, variables, images)  # uint8 [N, 32, 32, 3] -> [N, 10]
+
+Command line (prints the top 5 classes of each image with CIFAR-10/100 names)::
+
+    python -m jresnet.predict WORKDIR_OR_NAME img1.png img2.jpg ... [--top 5]
+
+``WORKDIR_OR_NAME`` is a jresnet work directory (trained or converted; its saved
+config says the dataset and normalisation) or a published weights name
+(`jresnet.pretrained`). Images that are not 32x32 RGB are converted to RGB,
+center-cropped to a square and resized to 32x32 (bicubic, antialiased), and the
+output says so for each one. CIFAR models only know 32x32 thumbnails of their
+classes, so expect little from photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jresnet import datasets, errors, models
+from jresnet.errors import JresnetError
+
+IMAGE_SIZE = 32
+
+
+class PredictError(JresnetError, ValueError):
+    """Images or a model source that can't be used for prediction."""
+
+
+def _mean_std(normalization: str | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    from jresnet import pretrained
+
+    if isinstance(normalization, str):
+        mean, std = pretrained.normalization_values(normalization)
+    else:
+        mean, std = normalization
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise PredictError(f"normalization must be a name or (mean[3], std[3]), got {mean}, {std}")
+    return mean, std
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _probabilities(
+    model: models.ResNet, variables: Any, images: jax.Array, mean: jax.Array, std: jax.Array
+) -> jax.Array:
+    """Softmax of the eval-mode logits of uint8 NHWC images: ToTensor, Normalize, model."""
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
+
+
+def predict(
+    model: models.ResNet,
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    normalization: str | Sequence[Sequence[float]] | None = None,
+    batch_size: int = 500,
+) -> np.ndarray:
+    """Class probabilities of uint8 images, in eval mode (BatchNorm running statistics).
+
+    Args:
+      model: a `models.ResNet` (or the `jresnet.pretrained.PretrainedResNet` that
+        `jresnet.pretrained.load` returns).
+      variables: its ``{"params", "batch_stats"}``.
+      images: uint8 ``[N, 32, 32, 3]``, RGB, NHWC, 0..255.
+      normalization: how the model's inputs were normalised: a name ("cifar",
+        "imagenet", "cifar100") or ``(mean, std)`` per channel for pixels in [0, 1];
+        default: ``model.normalization`` (set by `jresnet.pretrained.load`).
+      batch_size: images per forward pass (bounds memory).
+
+    Returns:
+      float32 ``[N, num_classes]``, each row summing to 1.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise PredictError(
+            f"expected uint8 images (0..255), got {images.dtype}; for already normalised "
+            "float inputs call model.apply(variables, x, train=False) directly"
+        )
+    if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise PredictError(f"expected images of shape [N, 32, 32, 3] (NHWC), got {images.shape}")
+    if normalization is None:
+        normalization = getattr(model, "normalization", None)
+        if normalization is None:
+            raise PredictError(
+                "pass normalization= ('cifar', 'imagenet', ...): this model does not say how "
+                "its inputs were normalised"
+            )
+    mean, std = _mean_std(normalization)
+
+    out = [
+        np.asarray(_probabilities(model, variables, images[start : start + batch_size], mean, std))
+        for start in range(0, len(images), batch_size)
+    ]
+    if not out:
+        return np.zeros((0, model.num_classes), np.float32)
+    return np.concatenate(out)
+
+
+def load_source(
+    source: str, cache: str | None = None
+) -> tuple[models.ResNet, dict[str, Any], str, str]:
+    """``(model, variables, normalization, dataset)`` of a work directory or published name."""
+    from jresnet import pretrained
+
+    if os.path.isdir(source):
+        from jresnet import checkpoint
+
+        model, variables = checkpoint.load_model(source)
+        config = checkpoint.load_config(source)
+        return model, variables, config.normalization, config.dataset
+    if source in pretrained.REGISTRY:
+        model, variables = pretrained.load(source, cache)
+        return model, variables, model.normalization, pretrained.get(source).dataset
+    raise PredictError(
+        f"{source!r} is neither a jresnet work directory nor a published weights name "
+        f"({', '.join(pretrained.REGISTRY)})"
+    )
+
+
+def read_image(path: str) -> tuple[np.ndarray, list[str]]:
+    """``(uint8 [32, 32, 3], notes)``: the image as the model sees it, and what was changed."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened
+    except FileNotFoundError as e:
+        raise PredictError(f"no such image file: {path}") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise PredictError(f"{path} can't be read as an image: {e}") from e
+    notes = []
+    if image.mode != "RGB":
+        notes.append(f"converted from {image.mode} to RGB")
+        image = image.convert("RGB")
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        w, h = image.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+        crop = "" if w == h else f"center-cropped to {side}x{side}, "
+        notes.append(f"{crop}resized from {w}x{h} to 32x32")
+    return np.asarray(image, dtype=np.uint8), notes
+
+
+def format_top(probabilities: np.ndarray, label_names: Sequence[str], k: int) -> str:
+    """``"cat 81.2%, dog 9.1%, ..."``: the ``k`` most probable classes, most probable first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return ", ".join(f"{label_names[i]} {100 * probabilities[i]:.1f}%" for i in order)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jresnet.predict",
+        description="Print the most probable CIFAR classes of images.",
+    )
+    parser.add_argument("source", metavar="WORKDIR_OR_NAME", help="work directory or weights name")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--top", type=int, default=5, help="classes to print per image")
+    parser.add_argument("--cache_dir", help="where published weights are cached")
+    args = parser.parse_args(argv)
+
+    read = [read_image(path) for path in args.images]  # every file checked before the model
+    model, variables, normalization, dataset = load_source(args.source, args.cache_dir)
+    label_names = datasets.get(dataset).label_names
+    probabilities = predict(model, variables, np.stack([image for image, _ in read]), normalization)
+    for path, (_, notes), p in zip(args.images, read, probabilities, strict=True):
+        note = f" ({'; '.join(notes)})" if notes else ""
+        print(f"{path}: {format_top(p, label_names, args.top)}{note}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns its exit code (`jresnet.errors`)."""
+    return errors.run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

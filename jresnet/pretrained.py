@@ -1,0 +1,350 @@
+"""Published PyTorch CIFAR ResNet weights, downloaded, verified and loaded in one line.
+
+    model, variables = jresnet.pretrained.load("cifar10_resnet20")
+    probabilities = jresnet.predict.predict(model, variables, uint8_images)  # NHWC
+
+Two sources (`list` prints them all):
+
+* akamaster/pytorch_resnet_cifar10: ``resnet20`` ... ``resnet1202``, CIFAR-10,
+  option A, ImageNet normalisation;
+* chenyaofo/pytorch-cifar-models: ``cifar10_resnet{20,32,44,56}`` and
+  ``cifar100_resnet{20,32,44,56}``, option B (the seed's network), the CIFAR
+  normalisation of each dataset.
+
+Files go to a cache directory, by default ``~/.cache/jresnet/weights``
+(``$JRESNET_CACHE_DIR``, or ``cache_dir=``), under their published file names.
+Every file is verified before use, cached or just downloaded: the hex digits in
+its name are the prefix of its sha256 (the torch.hub convention), and where we
+know the full sha256 it must match too. A file that fails is deleted and
+reported, never used. Without internet, download the file by hand and put it at
+the path the error message gives.
+
+Loading never unpickles arbitrary objects: `jresnet.convert.load_torch_checkpoint`
+uses ``torch.load(weights_only=True)`` (torch is needed for these ``.th``/``.pt``
+files: the ``test`` or ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jresnet import input_pipeline, models
+from jresnet.errors import JresnetError
+
+CACHE_ENV = "JRESNET_CACHE_DIR"
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "jresnet", "weights")
+
+_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10"
+_CHENYAOFO = "https://github.com/chenyaofo/pytorch-cifar-models"
+
+
+class PretrainedError(JresnetError, RuntimeError):
+    """Weights that can't be had: unknown name, failed download or verification."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """One published weights file.
+
+    Attributes:
+      name: what `load` takes, e.g. ``"cifar10_resnet20"``.
+      depth: ResNet depth (6n + 2).
+      shortcut: "A" (zero padding) or "B" (1x1 conv + BN projection).
+      dataset: a `jresnet.datasets` name.
+      normalization: the input normalisation it was trained with (a name of
+        `normalization_values`).
+      accuracy: published top-1 test accuracy in percent, from the source's README.
+      url: where the file is downloaded from.
+      source: the repository that published it.
+      sha256: the file's full sha256 where we know it, else None (then only the
+        prefix in the file name is checked).
+    """
+
+    name: str
+    depth: int
+    shortcut: str
+    dataset: str
+    normalization: str
+    accuracy: float
+    url: str
+    source: str
+    sha256: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def hash_prefix(self) -> str:
+        """The hex digits after the last ``-`` of the file name: a prefix of its sha256."""
+        return os.path.splitext(self.file_name)[0].rsplit("-", 1)[-1]
+
+    @property
+    def num_classes(self) -> int:
+        from jresnet import datasets
+
+        return datasets.get(self.dataset).num_classes
+
+    def num_params(self) -> int:
+        """Trainable parameters of the model (computed from shapes, no weights needed)."""
+        import jax
+
+        model = models.create_model(
+            f"resnet{self.depth}", shortcut=self.shortcut, num_classes=self.num_classes
+        )
+        image = jax.ShapeDtypeStruct((1, 32, 32, 3), "float32")
+        shapes = jax.eval_shape(model.init, jax.random.key(0), image)
+        return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def _akamaster(depth: int, file_hash: str, accuracy: float, sha256: str | None = None) -> Weights:
+    return Weights(
+        name=f"resnet{depth}",
+        depth=depth,
+        shortcut="A",
+        dataset="cifar10",
+        normalization="imagenet",
+        accuracy=accuracy,
+        url=f"{_AKAMASTER}/raw/master/pretrained_models/resnet{depth}-{file_hash}.th",
+        source=_AKAMASTER,
+        sha256=sha256,
+    )
+
+
+def _chenyaofo(dataset: str, depth: int, file_hash: str, accuracy: float) -> Weights:
+    return Weights(
+        name=f"{dataset}_resnet{depth}",
+        depth=depth,
+        shortcut="B",
+        dataset=dataset,
+        normalization="cifar" if dataset == "cifar10" else "cifar100",
+        accuracy=accuracy,
+        url=f"{_CHENYAOFO}/releases/download/resnet/{dataset}_resnet{depth}-{file_hash}.pt",
+        source=_CHENYAOFO,
+    )
+
+
+# Accuracies: akamaster's README ("Test err(this impl.)", as 100 - error) and
+# chenyaofo's README (Top-1 Acc.). Full sha256s: of the files we have verified.
+REGISTRY: Mapping[str, Weights] = {
+    w.name: w
+    for w in (
+        _akamaster(
+            20,
+            "12fca82f",
+            91.73,
+            "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+        ),
+        _akamaster(32, "d509ac18", 92.63),
+        _akamaster(44, "014dd654", 93.10),
+        _akamaster(
+            56,
+            "4bfd9763",
+            93.39,
+            "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+        ),
+        _akamaster(110, "1d1ed7c2", 93.68),
+        _akamaster(1202, "f3b1deed", 93.82),
+        _chenyaofo("cifar10", 20, "4118986f", 92.60),
+        _chenyaofo("cifar10", 32, "ef93fc4d", 93.53),
+        _chenyaofo("cifar10", 44, "2a3cabcb", 94.01),
+        _chenyaofo("cifar10", 56, "187c023a", 94.37),
+        _chenyaofo("cifar100", 20, "23dac2f1", 68.83),
+        _chenyaofo("cifar100", 32, "84213ce6", 70.16),
+        _chenyaofo("cifar100", 44, "ffe32858", 71.63),
+        _chenyaofo("cifar100", 56, "f2eff4c8", 72.63),
+    )
+}
+
+
+def list() -> Sequence[Weights]:
+    """Every known weights file, akamaster's first."""
+    return tuple(REGISTRY.values())
+
+
+def get(name: str) -> Weights:
+    """The `Weights` called ``name``; `PretrainedError` lists the known names."""
+    if name not in REGISTRY:
+        raise PretrainedError(
+            f"unknown pretrained weights {name!r}; known: {', '.join(REGISTRY)} "
+            "(python -m jresnet.pretrained lists them)"
+        )
+    return REGISTRY[name]
+
+
+def normalization_values(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per RGB channel, for pixels in [0, 1], of a normalisation name."""
+    table = input_pipeline.NORMALIZATIONS
+    if name not in table:
+        raise PretrainedError(f"unknown normalization {name!r}; known: {sorted(table)}")
+    return table[name]
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> str:
+    """``override``, else ``$JRESNET_CACHE_DIR``, else ``~/.cache/jresnet/weights``."""
+    chosen = override if override is not None else os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+    return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: str, weights: Weights) -> None:
+    """Deletes ``path`` and raises `PretrainedError` unless its sha256 is the expected one."""
+    actual = _sha256(path)
+    expected = weights.sha256 or weights.hash_prefix
+    if not actual.startswith(expected):
+        os.remove(path)
+        raise PretrainedError(
+            f"{path} failed verification and was deleted: its sha256 is {actual}, expected "
+            f"{'' if weights.sha256 else 'a hash starting with '}{expected} (a corrupt or "
+            f"truncated download, or another file). Run again to download it from "
+            f"{weights.url}, or put the right file there by hand."
+        )
+
+
+def _download(weights: Weights, path: str, timeout_s: float) -> None:
+    """Downloads to a temporary file next to ``path``, then renames it: no partial files."""
+    hint = f"Download {weights.url} by hand and put it at {path}."
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{weights.file_name}.", dir=directory)
+    except OSError as e:
+        raise PretrainedError(
+            f"can't write to the weights cache {directory} ({e}); choose another one with "
+            f"${CACHE_ENV} or cache_dir"
+        ) from e
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(weights.url, timeout=timeout_s) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+        os.replace(partial, path)
+    except urllib.error.HTTPError as e:
+        raise PretrainedError(
+            f"downloading {weights.name} failed: HTTP {e.code} {e.reason} for {weights.url}. "
+            + hint
+        ) from e
+    except (urllib.error.URLError, OSError) as e:  # offline, DNS, refused, timeout
+        reason = getattr(e, "reason", e)
+        raise PretrainedError(
+            f"can't download {weights.name} from {weights.url} ({reason}): are you offline? " + hint
+        ) from e
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
+def fetch(
+    weights: Weights | str,
+    cache: str | os.PathLike[str] | None = None,
+    timeout_s: float = 60.0,
+) -> str:
+    """The path of a verified local copy of ``weights``, downloading it if needed.
+
+    Args:
+      weights: a `Weights` or its name.
+      cache: the cache directory (default: `cache_dir`).
+      timeout_s: network timeout per read, in seconds.
+
+    Raises:
+      PretrainedError: unknown name, download failed (naming the URL and the path
+        where a manually downloaded file is read from), or verification failed
+        (the file is deleted).
+    """
+    if isinstance(weights, str):
+        weights = get(weights)
+    path = os.path.join(cache_dir(cache), weights.file_name)
+    if not os.path.isfile(path):
+        _download(weights, path, timeout_s)
+    verify(path, weights)
+    return path
+
+
+class PretrainedResNet(models.ResNet):
+    """A `models.ResNet` that also says how its inputs are normalised.
+
+    Same variables and outputs as `models.ResNet`; ``normalization`` names the
+    ``(mean, std)`` that images in [0, 1] must be normalised with
+    (`normalization_values`), which `jresnet.predict.predict` reads.
+    """
+
+    normalization: str = "cifar"
+
+
+def load(
+    name: str, cache: str | os.PathLike[str] | None = None
+) -> tuple[PretrainedResNet, dict[str, Any]]:
+    """``(model, variables)`` of published weights, e.g. ``load("cifar10_resnet20")``.
+
+    ``model.apply(variables, x, train=False)`` maps NHWC float32 images ``[N, 32, 32, 3]``,
+    normalised with ``normalization_values(model.normalization)``, to logits
+    ``[N, num_classes]``. ``variables`` are ``{"params", "batch_stats"}`` of jax arrays.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jresnet import convert
+
+    weights = get(name)
+    path = fetch(weights, cache)
+    state_dict = convert.load_torch_checkpoint(path)
+    variables = convert.torch_to_flax(state_dict, shortcut=weights.shortcut)
+    arch = convert.infer_architecture(state_dict)
+    if (arch.depth, arch.num_classes) != (weights.depth, weights.num_classes):
+        raise PretrainedError(
+            f"{path} holds a {arch.describe()}, not the ResNet-{weights.depth} with "
+            f"{weights.num_classes} classes that {name!r} should be"
+        )
+    model = PretrainedResNet(
+        blocks_per_stage=arch.blocks_per_stage,
+        num_classes=arch.num_classes,
+        shortcut=arch.shortcut,
+        normalization=weights.normalization,
+    )
+    return model, jax.tree.map(jnp.asarray, variables)
+
+
+def table() -> str:
+    """The registry as a Markdown table (what the README shows)."""
+    rows = [
+        "| name | depth | shortcut | params | dataset | normalization | published accuracy "
+        "| source |",
+        "|---|---:|---|---:|---|---|---:|---|",
+    ]
+    for w in REGISTRY.values():
+        rows.append(
+            f"| `{w.name}` | {w.depth} | {w.shortcut} | {w.num_params():,} | {w.dataset} | "
+            f"{w.normalization} | {w.accuracy:.2f}% | "
+            f"[{w.source.split('github.com/')[1]}]({w.url}) |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m jresnet.pretrained``: prints the known weights as a Markdown table."""
+    del argv
+    print(table())
+    print(f"\ncache: {cache_dir()} (${CACHE_ENV} overrides it)")
+    return 0
+
+
+if __name__ == "__main__":
+    from jresnet import errors
+
+    raise SystemExit(errors.run_cli(lambda: main(sys.argv[1:])))

@@ -1,0 +1,129 @@
+"""jresnet.export: ONNX (run by onnxruntime) and jax.export artifacts give jresnet's logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jresnet import checkpoint, datasets, export, models
+from jresnet.configs import default
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("jax2onnx")
+
+
+def model_and_variables(shortcut: str, num_classes: int = 10, seed: int = 0):
+    model = models.create_model("resnet8", shortcut=shortcut, num_classes=num_classes)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(seed)  # BN statistics that are not the identity
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape)
+        ).astype(np.float32),
+        variables["batch_stats"],
+    )
+    return model, {"params": variables["params"], "batch_stats": stats}
+
+
+def run_onnx(proto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": x})[0]
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+@pytest.mark.parametrize("input_layout", ["NHWC", "NCHW"])
+def test_onnxruntime_logits_equal_jresnet(shortcut: str, input_layout: str) -> None:
+    model, variables = model_and_variables(shortcut)
+    proto = export.to_onnx(model, variables, input_layout)
+    onnx.checker.check_model(proto)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"  # dynamic batch
+    assert [d.dim_value for d in dims[1:]] == (
+        [3, 32, 32] if input_layout == "NCHW" else [32, 32, 3]
+    )
+
+    rng = np.random.default_rng(1)
+    for batch in (1, 5):
+        x = rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)
+        ours = np.asarray(model.apply(variables, x, train=False))
+        onnx_input = x.transpose(0, 3, 1, 2).copy() if input_layout == "NCHW" else x
+        np.testing.assert_allclose(run_onnx(proto, onnx_input), ours, atol=1e-4, rtol=0)
+
+
+def test_stablehlo_artifact_equals_jresnet() -> None:
+    model, variables = model_and_variables("B", num_classes=100)
+    exported = jax.export.deserialize(bytearray(export.to_stablehlo(model, variables)))
+    assert set(exported.platforms) == {"cpu", "cuda"}
+    x = np.random.default_rng(2).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(exported.call(x)), np.asarray(model.apply(variables, x, train=False)), atol=1e-5
+    )
+
+
+def workdir_with(tmp_path, model, variables):
+    config = default.get_config()
+    config.model, config.shortcut, config.normalization = "resnet8", model.shortcut, "cifar"
+    checkpoint.save_pretrained(tmp_path / "work", variables, config)
+    return tmp_path / "work"
+
+
+def test_cli_onnx_records_normalization_and_labels(tmp_path, capsys) -> None:
+    model, variables = model_and_variables("A")
+    workdir = workdir_with(tmp_path, model, variables)
+    out = tmp_path / "model.onnx"
+    assert export.main([str(workdir), str(out), "--input_layout", "NCHW"]) == 0
+    assert "[batch, 3, 32, 32] (NCHW)" in capsys.readouterr().out
+    proto = onnx.load(out)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["normalization"] == "cifar"
+    assert json.loads(meta["mean"]) == [0.4914, 0.4822, 0.4465]
+    assert json.loads(meta["label_names"]) == list(datasets.get("cifar10").label_names)
+    x = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    ours = np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1), train=False))
+    np.testing.assert_allclose(run_onnx(proto, x), ours, atol=1e-4, rtol=0)
+
+    before = out.read_bytes()  # an existing file is never overwritten
+    assert export.main([str(workdir), str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_cli_stablehlo_runs_without_jresnet(tmp_path) -> None:
+    model, variables = model_and_variables("B")
+    workdir = workdir_with(tmp_path, model, variables)
+    out = tmp_path / "model.jax.bin"
+    assert export.main([str(workdir), str(out), "--platforms", "cpu"]) == 0
+    x = np.random.default_rng(4).normal(size=(6, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["jresnet"] = None  # importing jresnet would fail
+        import jax, numpy as np
+        exported = jax.export.deserialize(bytearray(open("model.jax.bin", "rb").read()))
+        np.save("logits.npy", exported.call(np.load("x.npy")))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "logits.npy"),
+        np.asarray(model.apply(variables, x, train=False)),
+        atol=1e-5,
+    )
+
+
+def test_missing_exporter_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)
+    model, variables = model_and_variables("A")
+    with pytest.raises(export.ExportError, match=r"jresnet\[export\]"):
+        export.to_onnx(model, variables)

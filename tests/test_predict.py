@@ -1,0 +1,150 @@
+"""jresnet.predict: probabilities of uint8 images, and the command line's top-5 output."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jresnet import checkpoint, datasets, models, predict
+from jresnet.configs import default
+from jresnet.input_pipeline import NORMALIZATIONS
+
+try:
+    import torch
+
+    from jresnet.testing.torch_reference import randomize_batchnorm, torch_resnet
+except ImportError:
+    torch = None
+
+requires_torch = pytest.mark.skipif(torch is None, reason="needs torch (pip install torch)")
+
+
+def random_variables(shortcut: str = "B", num_classes: int = 10, seed: int = 0) -> dict:
+    model = models.create_model("resnet8", shortcut=shortcut, num_classes=num_classes)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(seed)  # BN statistics that are not the identity
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape)
+        ).astype(np.float32),
+        variables["batch_stats"],
+    )
+    return {"params": variables["params"], "batch_stats": stats}
+
+
+def workdir_with(tmp_path, variables, dataset: str = "cifar10", normalization: str = "cifar"):
+    config = default.get_config()
+    config.model, config.shortcut = "resnet8", "B"
+    config.dataset, config.normalization = dataset, normalization
+    checkpoint.save_pretrained(tmp_path / "work", variables, config)
+    return tmp_path / "work"
+
+
+@pytest.mark.parametrize("normalization", ["cifar", "imagenet"])
+@requires_torch
+def test_probabilities_equal_torch_softmax(normalization: str) -> None:
+    from jresnet import convert
+
+    torch.manual_seed(0)
+    reference = torch_resnet(8, "B")
+    randomize_batchnorm(reference)
+    reference.eval()
+    variables = convert.torch_to_flax(reference.state_dict())
+    model = models.create_model("resnet8")
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+
+    ours = predict.predict(model, variables, images, normalization, batch_size=3)  # 3 batches
+
+    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalization])
+    nchw = ((images / np.float32(255) - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        theirs = torch.softmax(reference(torch.from_numpy(nchw.copy())), dim=-1).numpy()
+    assert ours.shape == (7, 10) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_normalization_defaults_to_the_model_s() -> None:
+    from jresnet import pretrained
+
+    variables = random_variables("A")
+    model = pretrained.PretrainedResNet(blocks_per_stage=1, shortcut="A", normalization="imagenet")
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        predict.predict(model, variables, images),
+        predict.predict(
+            models.create_model("resnet8", shortcut="A"), variables, images, "imagenet"
+        ),
+    )
+    assert not np.allclose(
+        predict.predict(model, variables, images, "cifar"),
+        predict.predict(model, variables, images),
+    )
+
+
+@pytest.mark.parametrize(
+    ("images", "normalization", "message"),
+    [
+        (np.zeros((2, 32, 32, 3), np.float32), "cifar", "expected uint8"),
+        (np.zeros((32, 32, 3), np.uint8), "cifar", r"\[N, 32, 32, 3\]"),
+        (np.zeros((1, 3, 32, 32), np.uint8), "cifar", r"got \(1, 3, 32, 32\)"),
+        (np.zeros((1, 32, 32, 3), np.uint8), None, "pass normalization="),
+        (np.zeros((1, 32, 32, 3), np.uint8), "nope", "unknown normalization"),
+    ],
+)
+def test_bad_inputs_are_explained(images, normalization, message: str) -> None:
+    from jresnet.errors import JresnetError
+
+    with pytest.raises(JresnetError, match=message):
+        predict.predict(models.create_model("resnet8"), random_variables(), images, normalization)
+
+
+def test_cli_prints_top5_with_class_names_and_resize_notes(tmp_path, capsys) -> None:
+    variables = random_variables()
+    workdir = workdir_with(tmp_path, variables)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "small.png")
+    Image.fromarray(rng.integers(0, 256, (48, 64), dtype=np.uint8), "L").save(tmp_path / "big.png")
+
+    assert predict.main([str(workdir), str(tmp_path / "small.png"), str(tmp_path / "big.png")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    names = datasets.get("cifar10").label_names
+    entries = re.findall(r"(\w+) ([\d.]+)%", lines[0].split(": ", 1)[1])
+    assert len(entries) == 5 and all(name in names for name, _ in entries)
+    percents = [float(p) for _, p in entries]
+    assert percents == sorted(percents, reverse=True)
+    expected = predict.predict(models.create_model("resnet8"), variables, small[None], "cifar")[0]
+    assert entries[0][0] == names[int(expected.argmax())]
+    assert "(" not in lines[0]  # 32x32 RGB: nothing changed
+    assert "converted from L to RGB" in lines[1]
+    assert "center-cropped to 48x48, resized from 64x48 to 32x32" in lines[1]
+
+
+def test_cli_uses_cifar100_names(tmp_path, capsys) -> None:
+    workdir = workdir_with(tmp_path, random_variables(num_classes=100), "cifar100", "cifar100")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    assert predict.main([str(workdir), str(tmp_path / "red.png"), "--top", "3"]) == 0
+    entries = re.findall(r"(\w+) [\d.]+%", capsys.readouterr().out)
+    assert len(entries) == 3
+    assert all(name in datasets.get("cifar100").label_names for name in entries)
+
+
+def test_cli_errors_exit_2(tmp_path, capsys) -> None:
+    workdir = workdir_with(tmp_path, random_variables())
+    (tmp_path / "notes.png").write_text("not an image")
+    assert predict.main([str(workdir), str(tmp_path / "notes.png")]) == 2
+    assert "can't be read as an image" in capsys.readouterr().err
+    assert predict.main([str(workdir), str(tmp_path / "missing.png")]) == 2
+    assert "no such image file" in capsys.readouterr().err
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    assert predict.main([str(tmp_path / "nowhere"), str(tmp_path / "ok.png")]) == 2
+    assert "neither a jresnet work directory nor a published weights name" in (
+        capsys.readouterr().err
+    )
