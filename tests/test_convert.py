@@ -514,14 +514,13 @@ def test_the_mapping_imports_neither_torch_nor_orbax() -> None:
 
 @requires_torch
 def test_init_from_a_nan_checkpoint_is_refused(tmp_path) -> None:
-    from jresnet import train
+    from jresnet import weights
     from jresnet.configs import default
 
     state_dict = torch_state_dict("B")
     state_dict["linear.bias"][2] = float("inf")
     torch.save({"net": state_dict}, tmp_path / "nan.pth")
     config = default.get_config()
-    config.model, config.init_from = "resnet8", str(tmp_path / "nan.pth")
-    template = models.create_model("resnet8").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    config.model = "resnet8"
     with pytest.raises(convert.ConversionError, match=r"linear\.bias \(0 NaN, 1 inf"):
-        train.load_initial_variables(config, template)
+        weights.load(str(tmp_path / "nan.pth"), config)

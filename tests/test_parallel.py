@@ -139,3 +139,21 @@ def test_two_processes_train_like_one_and_resume_after_kill(tmp_path, data_dir):
     assert "Resuming from the checkpoint at step" in outputs[0][1]
     assert _max_abs_diff(_params(tmp_path / "killed"), two) == 0.0
     assert os.path.exists(tmp_path / "killed" / "curves.png")
+
+
+def test_an_unreachable_coordinator_is_a_message_not_a_hang_or_an_abort(tmp_path, data_dir):
+    """Process 1 of 2 with no process 0: it gives up after the timeout, exit code 2."""
+    cmd = _command(
+        tmp_path / "run",
+        data_dir,
+        coordinator_address=f"127.0.0.1:{_free_port()}",
+        num_processes=2,
+        process_id=1,
+        coordinator_timeout_s=2,
+    )
+    start = time.time()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "did not answer within 2 s" in result.stderr
+    assert "Start process 0 first" in result.stderr
+    assert time.time() - start < 60
