@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jresnet import checkpoint, input_pipeline, models, parallel, reporting, steps, weights
 from jresnet import workdir as workdir_lib
@@ -54,21 +55,49 @@ class Run:
     eval_fn: Callable[..., Any]
     train_fns: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
-    def train_fn(self, steps_per_call: int) -> Callable[..., Any]:
-        """The jitted driver for ``steps_per_call`` fused steps (the last chunk may be shorter)."""
-        if steps_per_call not in self.train_fns:
-            mean, std = input_pipeline.NORMALIZATIONS[self.config.normalization]
-            self.train_fns[steps_per_call] = steps.make_train_fn(
-                self.model,
-                self.tx,
-                self.learning_rate_fn,
-                mean,
-                std,
-                self.config.augment,
-                self.mesh,
-                steps_per_call,
-            )
-        return self.train_fns[steps_per_call]
+    def compile(self, state: steps.TrainState, steps_per_call: int) -> float:
+        """Compiles the driver of ``steps_per_call`` fused steps ahead of time; returns seconds."""
+        start = time.time()
+        mean, std = input_pipeline.NORMALIZATIONS[self.config.normalization]
+        jitted = steps.make_train_fn(
+            self.model,
+            self.tx,
+            self.learning_rate_fn,
+            mean,
+            std,
+            self.config.augment,
+            self.mesh,
+            steps_per_call,
+        )
+        batch = (steps_per_call, self.config.batch_size)
+        sharding = NamedSharding(self.mesh, P(None, parallel.BATCH_AXIS))
+        self.train_fns[steps_per_call] = jitted.lower(
+            jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+            ),
+            jax.ShapeDtypeStruct((*batch, 32, 32, 3), jnp.uint8, sharding=sharding),
+            jax.ShapeDtypeStruct(batch, jnp.int32, sharding=sharding),
+            self.train_key,
+        ).compile()
+        return time.time() - start
+
+    def compile_calls(self, state: steps.TrainState, first_step: int, more_epochs: bool) -> None:
+        """Compiles, before training, every call size the epochs ahead need: the rest of this
+        epoch from ``first_step`` and, if ``more_epochs``, whole epochs."""
+        sizes = _call_sizes(self.steps_per_epoch - first_step, self.config.steps_per_call)
+        if more_epochs:
+            sizes |= _call_sizes(self.steps_per_epoch, self.config.steps_per_call)
+        sizes = sorted(sizes, reverse=True)
+        seconds = sum(self.compile(state, size) for size in sizes)
+        reporting.info(
+            f"compiled {' and '.join(map(str, sizes))} train step(s) per call in {seconds:.1f}s "
+            "(ahead of time: not part of images/s)"
+        )
+
+
+def _call_sizes(num_steps: int, steps_per_call: int) -> set[int]:
+    """Sizes of the calls that run ``num_steps`` steps, ``steps_per_call`` at a time."""
+    return {size for size in (min(steps_per_call, num_steps), num_steps % steps_per_call) if size}
 
 
 @dataclasses.dataclass
@@ -79,8 +108,7 @@ class EpochProgress:
     sums: dict[str, float] = dataclasses.field(default_factory=dict)
     learning_rate: float = 0.0  # of the last step done
     seconds: float = 0.0
-    compile_seconds: float = 0.0
-    compile_steps: int = 0
+    compile_seconds: float = 0.0  # of calls compiled during the epoch (not ahead of time)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,18 +192,11 @@ def train_epoch(
     for chunk in _chunks(batches, config.steps_per_call):
         stacked = [np.stack(arrays) for arrays in zip(*chunk, strict=True)]
         images, labels = parallel.global_batch(stacked, run.mesh, batch_axis=1)
-        compiles = len(chunk) not in run.train_fns
-        call_start = time.time()
-        state, metrics = run.train_fn(len(chunk))(state, images, labels, run.train_key)
-        if compiles:  # time it, and keep it out of the throughput
-            jax.block_until_ready(state)
-            seconds = time.time() - call_start
+        if len(chunk) not in run.train_fns:  # only after steps_per_call changed on resume
+            seconds = run.compile(state, len(chunk))
             progress.compile_seconds += seconds
-            progress.compile_steps += len(chunk)
-            reporting.info(
-                f"compiled {len(chunk)} train step(s) per call and ran them in {seconds:.1f}s"
-            )
-            printer.restart(int(parallel.to_host(state.step)))
+            reporting.info(f"compiled {len(chunk)} train step(s) per call in {seconds:.1f}s")
+        state, metrics = run.train_fns[len(chunk)](state, images, labels, run.train_key)
         lr = metrics.pop("learning_rate")[-1]
         finite = jnp.logical_and(finite, metrics.pop("finite").all())
         for k, v in metrics.items():
@@ -220,10 +241,7 @@ def end_epoch(
         run.mesh,
     )
     train_metrics = _host_means(progress.sums, progress.done)
-    timed_steps, timed_seconds = progress.done, progress.seconds
-    if progress.done > progress.compile_steps:  # leave out the calls that compiled
-        timed_steps -= progress.compile_steps
-        timed_seconds -= progress.compile_seconds
+    timed_seconds = progress.seconds - progress.compile_seconds
     step = int(parallel.to_host(state.step))
     record = {
         "epoch": epoch + 1,
@@ -232,7 +250,7 @@ def end_epoch(
         "train_accuracy": train_metrics["accuracy"],
         "learning_rate": progress.learning_rate,  # of the epoch's last step
         **eval_metrics,
-        "images_per_s": timed_steps * config.batch_size / max(timed_seconds, 1e-9),
+        "images_per_s": progress.done * config.batch_size / max(timed_seconds, 1e-9),
         "epoch_time_s": progress.seconds,
     }
     checkpoint.save(
@@ -399,6 +417,9 @@ def train_and_evaluate(
             f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es); "
             f"workdir {workdir}"
         )
+        more_epochs = start_epoch + 1 < config.num_epochs
+        if start_epoch < config.num_epochs:
+            run.compile_calls(state, progress.done, more_epochs)
         printer = reporting.Progress(
             run.steps_per_epoch * config.num_epochs, start_step, config.batch_size
         )
