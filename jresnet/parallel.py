@@ -84,7 +84,8 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
         jax.distributed.initialize(**kwargs)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
-            f"can't start the multi-process run: {e}. With --config.distributed=True, JAX must "
+            f"can't start the multi-process run: {str(e).rstrip('.')}. With "
+            "--config.distributed=True, JAX must "
             "detect a cluster (SLURM, Open MPI, a TPU pod); elsewhere give "
             "--config.coordinator_address, --config.num_processes and --config.process_id."
         ) from e

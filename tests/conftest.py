@@ -32,8 +32,13 @@ TINY = {
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> str:
-    """The session's JAX compilation cache directory (in-process runs use it at once)."""
-    path = str(tmp_path_factory.mktemp("jax-cache"))
+    """The session's JAX compilation cache directory (in-process runs use it at once),
+    shared by the pytest-xdist workers of the session."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # base is the worker's own: use the session's
+        base = base.parent
+    path = str(base / "jax-cache")
+    os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     os.environ["JRESNET_TEST_COMPILATION_CACHE"] = path
     return path

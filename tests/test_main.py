@@ -143,6 +143,8 @@ def test_init_from_a_workdir_starts_from_its_weights(tmp_path, data_dir):
         ({"train_split": "tran"}, "tran"),
         ({"eval_split": "test[:abc]"}, "test[:abc]"),
         ({"batch_size": 128}, "batch"),  # more than the 64 training images
+        ({"seed": -1}, "--config.seed must be an integer >= 0"),
+        ({"distributed": True}, "can't start the multi-process run"),  # no cluster here
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, data_dir, capsys, overrides, message):
