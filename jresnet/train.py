@@ -341,6 +341,38 @@ def _initial_state(run: Run, init_key: jax.Array) -> tuple[steps.TrainState, dic
     return parallel.replicate(state, run.mesh), {}
 
 
+def _position(
+    run: Run, start_step: int, meta: dict[str, Any]
+) -> tuple[int, EpochProgress, list[dict[str, Any]]]:
+    """Where a run starts: the epoch, the progress inside it (from a mid-epoch checkpoint) and
+    the metrics history up to it (from the checkpoint; else ``metrics.jsonl``)."""
+    start_epoch = start_step // run.steps_per_epoch
+    progress = EpochProgress(**meta.get("epoch_progress", {}))
+    if start_step % run.steps_per_epoch != progress.done:
+        raise checkpoint.CheckpointError(
+            f"the checkpoint at step {start_step} is not at an epoch boundary of "
+            f"{run.steps_per_epoch} steps: was the training split's size changed?"
+        )
+    history = meta.get("history")
+    if history is None:  # checkpoints written before the history was saved with them
+        records = reporting.read_metrics(run.workdir)
+        history = [r for r in records if r["epoch"] <= start_epoch]
+    return start_epoch, progress, history
+
+
+def _announce(run: Run, state: steps.TrainState) -> None:
+    config, data = run.config, run.data
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    reporting.info(
+        f"{config.model} (shortcut {config.shortcut}, {num_params:,} params) on "
+        f"{config.dataset} {config.train_split} ({len(data.train_labels):,} images), eval on "
+        f"{config.eval_split} ({len(data.eval_labels):,}); {config.num_epochs} epochs x "
+        f"{run.steps_per_epoch} steps of {config.batch_size}; {run.mesh.size} "
+        f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es); "
+        f"workdir {run.workdir}"
+    )
+
+
 def _setup(config, workdir: str, data: input_pipeline.Splits, mesh: Mesh, manager) -> Run:
     steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train_labels), config.batch_size)
     learning_rate_fn = steps.create_learning_rate_fn(config, steps_per_epoch)
@@ -397,26 +429,9 @@ def train_and_evaluate(
         init_key = jax.random.split(jax.random.key(config.seed))[0]
         state, meta = _initial_state(run, init_key)
         start_step = int(parallel.to_host(state.step))
-        start_epoch = start_step // run.steps_per_epoch
-        progress = EpochProgress(**meta.get("epoch_progress", {}))
-        if start_step % run.steps_per_epoch != progress.done:
-            raise checkpoint.CheckpointError(
-                f"the checkpoint at step {start_step} is not at an epoch boundary of "
-                f"{run.steps_per_epoch} steps: was the training split's size changed?"
-            )
-        history = meta.get("history")
-        if history is None:  # checkpoints written before the history was saved with them
-            history = [r for r in reporting.read_metrics(workdir) if r["epoch"] <= start_epoch]
+        start_epoch, progress, history = _position(run, start_step, meta)
         log = stack.enter_context(contextlib.closing(reporting.MetricsLog(workdir, history)))
-        num_params = sum(x.size for x in jax.tree.leaves(state.params))
-        reporting.info(
-            f"{config.model} (shortcut {config.shortcut}, {num_params:,} params) on "
-            f"{config.dataset} {config.train_split} ({len(data.train_labels):,} images), eval on "
-            f"{config.eval_split} ({len(data.eval_labels):,}); {config.num_epochs} epochs x "
-            f"{run.steps_per_epoch} steps of {config.batch_size}; {mesh.size} "
-            f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es); "
-            f"workdir {workdir}"
-        )
+        _announce(run, state)
         more_epochs = start_epoch + 1 < config.num_epochs
         if start_epoch < config.num_epochs:
             run.compile_calls(state, progress.done, more_epochs)
