@@ -7,14 +7,16 @@ compile once), never in the user's ``~/.cache``.
 """
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jresnet import prepare_data
+from jresnet import models, prepare_data
 from jresnet.configs import default
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,3 +82,30 @@ def train_command(workdir, **config) -> list[str]:
         f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in _hermetic(config).items()),
     ]
+
+
+def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m module args...`` from the repository root, output captured, not checked."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def model_with_random_statistics(shortcut: str = "B", num_classes: int = 10, seed: int = 0):
+    """A ResNet-8 and its variables with BatchNorm statistics that are not the identity
+    (like converted ones): ``(model, {"params", "batch_stats"})``."""
+    model = models.create_model("resnet8", shortcut=shortcut, num_classes=num_classes)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(seed)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape)
+        ).astype(np.float32),
+        variables["batch_stats"],
+    )
+    return model, {"params": variables["params"], "batch_stats": stats}

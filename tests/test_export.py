@@ -9,29 +9,16 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jresnet import checkpoint, datasets, export, models
+from jresnet import checkpoint, datasets, export
 from jresnet.configs import default
+from tests.conftest import model_with_random_statistics
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
-
-
-def model_and_variables(shortcut: str, num_classes: int = 10, seed: int = 0):
-    model = models.create_model("resnet8", shortcut=shortcut, num_classes=num_classes)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(seed)  # BN statistics that are not the identity
-    stats = jax.tree_util.tree_map_with_path(
-        lambda path, x: (
-            rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape)
-        ).astype(np.float32),
-        variables["batch_stats"],
-    )
-    return model, {"params": variables["params"], "batch_stats": stats}
 
 
 def run_onnx(proto, x: np.ndarray) -> np.ndarray:
@@ -42,7 +29,7 @@ def run_onnx(proto, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 @pytest.mark.parametrize("input_layout", ["NHWC", "NCHW"])
 def test_onnxruntime_logits_equal_jresnet(shortcut: str, input_layout: str) -> None:
-    model, variables = model_and_variables(shortcut)
+    model, variables = model_with_random_statistics(shortcut)
     proto = export.to_onnx(model, variables, input_layout)
     onnx.checker.check_model(proto)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -60,7 +47,7 @@ def test_onnxruntime_logits_equal_jresnet(shortcut: str, input_layout: str) -> N
 
 
 def test_stablehlo_artifact_equals_jresnet() -> None:
-    model, variables = model_and_variables("B", num_classes=100)
+    model, variables = model_with_random_statistics("B", num_classes=100)
     exported = jax.export.deserialize(bytearray(export.to_stablehlo(model, variables)))
     assert set(exported.platforms) == {"cpu", "cuda"}
     x = np.random.default_rng(2).normal(size=(3, 32, 32, 3)).astype(np.float32)
@@ -77,7 +64,7 @@ def workdir_with(tmp_path, model, variables):
 
 
 def test_cli_onnx_records_normalization_and_labels(tmp_path, capsys) -> None:
-    model, variables = model_and_variables("A")
+    model, variables = model_with_random_statistics("A")
     workdir = workdir_with(tmp_path, model, variables)
     out = tmp_path / "model.onnx"
     assert export.main([str(workdir), str(out), "--input_layout", "NCHW"]) == 0
@@ -98,7 +85,7 @@ def test_cli_onnx_records_normalization_and_labels(tmp_path, capsys) -> None:
 
 
 def test_cli_stablehlo_runs_without_jresnet(tmp_path) -> None:
-    model, variables = model_and_variables("B")
+    model, variables = model_with_random_statistics("B")
     workdir = workdir_with(tmp_path, model, variables)
     out = tmp_path / "model.jax.bin"
     assert export.main([str(workdir), str(out), "--platforms", "cpu"]) == 0
@@ -124,6 +111,6 @@ def test_cli_stablehlo_runs_without_jresnet(tmp_path) -> None:
 
 def test_missing_exporter_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "jax2onnx", None)
-    model, variables = model_and_variables("A")
+    model, variables = model_with_random_statistics("A")
     with pytest.raises(export.ExportError, match=r"jresnet\[export\]"):
         export.to_onnx(model, variables)

@@ -16,21 +16,8 @@ import optax
 from flax import nnx
 from flax.nnx.bridge import variables as bridge_variables
 
-from jresnet import convert, models
-
-
-def pretrained_like(seed: int = 0):
-    """A linen model and variables with non-trivial BatchNorm statistics, as converted ones."""
-    model = models.create_model("resnet8", shortcut="B")
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(seed)
-    stats = jax.tree_util.tree_map_with_path(
-        lambda path, x: (
-            rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape)
-        ).astype(np.float32),
-        variables["batch_stats"],
-    )
-    return model, {"params": variables["params"], "batch_stats": stats}
+from jresnet import convert
+from tests.conftest import model_with_random_statistics
 
 
 def to_nnx(model, variables, sample):
@@ -48,7 +35,7 @@ def batch(seed: int = 1, n: int = 8):
 
 
 def test_eval_and_train_mode_match_linen() -> None:
-    model, variables = pretrained_like()
+    model, variables = model_with_random_statistics()
     x, _ = batch()
     module = to_nnx(model, variables, x[:1])
 
@@ -72,7 +59,7 @@ def test_eval_and_train_mode_match_linen() -> None:
 
 
 def test_nnx_sgd_step_equals_linen_and_converts_back() -> None:
-    model, variables = pretrained_like()
+    model, variables = model_with_random_statistics()
     x, y = batch()
     module = to_nnx(model, variables, x[:1])
     optimizer = nnx.Optimizer(module, optax.sgd(0.1), wrt=nnx.Param)

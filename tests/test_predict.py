@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +11,7 @@ from PIL import Image
 from jresnet import checkpoint, datasets, models, predict
 from jresnet.configs import default
 from jresnet.input_pipeline import NORMALIZATIONS
+from tests.conftest import model_with_random_statistics
 
 try:
     import torch
@@ -22,19 +21,6 @@ except ImportError:
     torch = None
 
 requires_torch = pytest.mark.skipif(torch is None, reason="needs torch (pip install torch)")
-
-
-def random_variables(shortcut: str = "B", num_classes: int = 10, seed: int = 0) -> dict:
-    model = models.create_model("resnet8", shortcut=shortcut, num_classes=num_classes)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(seed)  # BN statistics that are not the identity
-    stats = jax.tree_util.tree_map_with_path(
-        lambda path, x: (
-            rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape)
-        ).astype(np.float32),
-        variables["batch_stats"],
-    )
-    return {"params": variables["params"], "batch_stats": stats}
 
 
 def workdir_with(tmp_path, variables, dataset: str = "cifar10", normalization: str = "cifar"):
@@ -72,7 +58,7 @@ def test_probabilities_equal_torch_softmax(normalization: str) -> None:
 def test_normalization_defaults_to_the_model_s() -> None:
     from jresnet import pretrained
 
-    variables = random_variables("A")
+    variables = model_with_random_statistics("A")[1]
     model = pretrained.PretrainedResNet(blocks_per_stage=1, shortcut="A", normalization="imagenet")
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
@@ -101,11 +87,13 @@ def test_bad_inputs_are_explained(images, normalization, message: str) -> None:
     from jresnet.errors import JresnetError
 
     with pytest.raises(JresnetError, match=message):
-        predict.predict(models.create_model("resnet8"), random_variables(), images, normalization)
+        predict.predict(
+            models.create_model("resnet8"), model_with_random_statistics()[1], images, normalization
+        )
 
 
 def test_cli_prints_top5_with_class_names_and_resize_notes(tmp_path, capsys) -> None:
-    variables = random_variables()
+    variables = model_with_random_statistics()[1]
     workdir = workdir_with(tmp_path, variables)
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -128,7 +116,9 @@ def test_cli_prints_top5_with_class_names_and_resize_notes(tmp_path, capsys) -> 
 
 
 def test_cli_uses_cifar100_names(tmp_path, capsys) -> None:
-    workdir = workdir_with(tmp_path, random_variables(num_classes=100), "cifar100", "cifar100")
+    workdir = workdir_with(
+        tmp_path, model_with_random_statistics(num_classes=100)[1], "cifar100", "cifar100"
+    )
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     assert predict.main([str(workdir), str(tmp_path / "red.png"), "--top", "3"]) == 0
     entries = re.findall(r"(\w+) [\d.]+%", capsys.readouterr().out)
@@ -137,7 +127,7 @@ def test_cli_uses_cifar100_names(tmp_path, capsys) -> None:
 
 
 def test_cli_errors_exit_2(tmp_path, capsys) -> None:
-    workdir = workdir_with(tmp_path, random_variables())
+    workdir = workdir_with(tmp_path, model_with_random_statistics()[1])
     (tmp_path / "notes.png").write_text("not an image")
     assert predict.main([str(workdir), str(tmp_path / "notes.png")]) == 2
     assert "can't be read as an image" in capsys.readouterr().err

@@ -8,8 +8,6 @@ import io
 import pickle
 import socket
 import struct
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from PIL import Image
 
 from jresnet import datasets, input_pipeline, prepare_data
 from jresnet.prepare_data import PrepareError, fine_to_coarse, prepare, write_dataset
+from tests.conftest import run_module
 
-REPO = Path(__file__).resolve().parents[1]
 CIFAR10_LABELS = datasets.get("cifar10").label_names
 CIFAR100_LABELS = datasets.get("cifar100").label_names
 CIFAR100_COARSE_LABELS = datasets.get("cifar100").coarse_label_names
@@ -361,21 +359,12 @@ def test_source_of_another_dataset(tmp_path):
 # Command line.
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jresnet.prepare_data", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli(tmp_path):
     # An image folder: the official-format archives must hold the official 60,000 images.
     source = tar_of(image_tree(tmp_path / "tree"), tmp_path / "cifar10.tar.gz")
-    result = run_cli("--from", str(source), "--data_dir", str(tmp_path / "tfds"))
+    result = run_module(
+        "jresnet.prepare_data", "--from", str(source), "--data_dir", str(tmp_path / "tfds")
+    )
     assert result.returncode == 0, result.stderr
     assert "train: 20, test: 20" in result.stdout
     assert str(tmp_path / "tfds" / "cifar10" / "3.0.2") in result.stdout
@@ -383,7 +372,13 @@ def test_cli(tmp_path):
 
 
 def test_cli_bad_input(tmp_path):
-    result = run_cli("--from", str(tmp_path / "missing"), "--data_dir", str(tmp_path / "tfds"))
+    result = run_module(
+        "jresnet.prepare_data",
+        "--from",
+        str(tmp_path / "missing"),
+        "--data_dir",
+        str(tmp_path / "tfds"),
+    )
     assert result.returncode != 0
     assert "error:" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr

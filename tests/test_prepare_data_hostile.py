@@ -20,9 +20,9 @@ import pytest
 
 from jresnet import prepare_data
 from jresnet.prepare_data import PrepareError, prepare
+from tests.conftest import REPO, run_module
 from tests.test_prepare_data import (
     CIFAR10_LABELS,
-    REPO,
     SPLITS10,
     add_file,
     assert_dataset_equals,
@@ -34,17 +34,6 @@ from tests.test_prepare_data import (
 
 def quiet(_: str) -> None:
     pass
-
-
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jresnet.prepare_data", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def tree_tarball(tmp_path: Path, mode: str = "w:gz") -> Path:
@@ -193,7 +182,7 @@ def test_cli_user_errors_exit_2_with_a_message(tmp_path, case):
     else:
         source = tmp_path / "missing.tar.gz"
         expected = "does not exist"
-    result = run_module("--from", str(source), "--data_dir", str(data_dir))
+    result = run_module("jresnet.prepare_data", "--from", str(source), "--data_dir", str(data_dir))
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
