@@ -28,8 +28,8 @@ from collections.abc import Container, Mapping, MutableMapping
 
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,+eltwise"
 # jaxlib versions whose XLA:CPU accepts the flag, each probed in a subprocess
-# (tests/test_xla_setup.py): 0.10.2 and 0.11.2.
-KNOWN_JAXLIB_PREFIXES = ("0.10.", "0.11.")
+# (tests/test_xla_setup.py): 0.10.2, 0.11.2 and 0.12.0.1.
+KNOWN_JAXLIB_PREFIXES = ("0.10.", "0.11.", "0.12.")
 OPT_OUT = "JRESNET_XLA_CPU_FLAGS"
 PLATFORM_VARIABLES = ("JAX_PLATFORMS", "JAX_PLATFORM_NAME")
 
