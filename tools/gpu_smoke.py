@@ -1,0 +1,66 @@
+"""Smoke test for a GPU session: jresnet imports, and a few fused train steps run on the GPU.
+
+Usage: ``python tools/gpu_smoke.py [--allow-cpu]``. Runs two calls of 2 fused steps of
+ResNet-8 at batch 16, in float32 and in bfloat16, and fails (exit 1) unless JAX's default
+backend is the GPU (``--allow-cpu`` lifts that, to try the script on a CPU), the losses are
+finite and the parameters, BatchNorm statistics and optimizer state stay float32
+(the step counters are int32).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jresnet import input_pipeline, models, parallel, train
+from jresnet.configs import default
+
+
+def steps(dtype: str) -> list[float]:
+    """Losses of 2 calls of 2 fused steps of ResNet-8 in ``dtype`` on random data."""
+    config = default.get_config()
+    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
+    tx = train.create_optimizer(config, lr_fn)
+    model = models.create_model("resnet8", dtype=jnp.dtype(dtype))
+    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mesh = parallel.create_mesh()
+    step = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call=2)
+    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, tx), mesh)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(2):
+        batch = (
+            rng.integers(0, 256, (2, 16, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, 10, (2, 16)).astype(np.int32),
+        )
+        images, labels = parallel.global_batch(batch, mesh, batch_axis=1)
+        state, metrics = step(state, images, labels, jax.random.key(1))
+        losses += [float(x) for x in np.asarray(metrics["loss"])]
+    leaves = jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
+    dtypes = {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)}
+    if dtypes != {jnp.dtype("float32")}:
+        raise SystemExit(f"FAIL: {dtype} state holds {dtypes}, expected float32 only")
+    return losses
+
+
+def main() -> int:
+    backend = jax.default_backend()
+    print(f"jax {jax.__version__}, backend {backend}, devices {jax.devices()}", flush=True)
+    if backend != "gpu" and "--allow-cpu" not in sys.argv:
+        print("FAIL: JAX does not see the GPU", flush=True)
+        return 1
+    for dtype in ("float32", "bfloat16"):
+        losses = steps(dtype)
+        print(f"{dtype}: losses of 4 steps {losses}", flush=True)
+        if not all(np.isfinite(losses)):
+            print(f"FAIL: {dtype} loss is not finite", flush=True)
+            return 1
+    print("smoke OK", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
