@@ -14,7 +14,7 @@ What runs, each group in its own process (JAX and PyTorch each take the GPU's me
 
 1. ``env``: GPU name, driver and memory (``nvidia-smi``), Python, jax, jaxlib, the CUDA
    plugin and torch versions.
-2. ``fused``: `jresnet.train.make_train_fn` on synthetic uint8 CIFAR-sized batches, for
+2. ``fused``: `jresnet.steps.make_train_fn` on synthetic uint8 CIFAR-sized batches, for
    float32 and bfloat16, batch 128 (the seed's) and 1024, and the default 10 steps per call
    (an unrolled ``lax.scan``) against a rolled scan over a whole epoch (50,000 images).
    Per configuration: compile seconds, median and min images/s over repeats of at least
@@ -315,24 +315,24 @@ def measure_fused(config: Fused, sizes: Sizes) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jresnet import input_pipeline, models, parallel, train
+    from jresnet import input_pipeline, models, parallel, steps
     from jresnet.configs import default
 
-    steps, unroll = config.steps(sizes), config.unroll(sizes)
+    steps_per_call, unroll = config.steps(sizes), config.unroll(sizes)
     steps_per_epoch = sizes.epoch_images // config.batch
     cfg = default.get_config()
     cfg.batch_size = config.batch
-    lr_fn = train.create_learning_rate_fn(cfg, steps_per_epoch)
-    tx = train.create_optimizer(cfg, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(cfg, steps_per_epoch)
+    tx = steps.create_optimizer(cfg, lr_fn)
     model = models.create_model(sizes.model, dtype=jnp.dtype(config.dtype))
     mean, std = input_pipeline.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh()
-    fn = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps, unroll=unroll)
-    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, tx), mesh)
+    fn = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call, unroll=unroll)
+    state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
     host = (
-        rng.integers(0, 256, (steps, config.batch, 32, 32, 3), dtype=np.uint8),
-        rng.integers(0, 10, (steps, config.batch)).astype(np.int32),
+        rng.integers(0, 256, (steps_per_call, config.batch, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, (steps_per_call, config.batch)).astype(np.int32),
     )
     images, labels = parallel.global_batch(host, mesh, batch_axis=1)
     key = jax.random.key(1)
@@ -351,14 +351,16 @@ def measure_fused(config: Fused, sizes: Sizes) -> dict[str, Any]:
     start = time.perf_counter()
     run_once()  # warm-up: first execution (autotuning results, allocations)
     warmup_s = time.perf_counter() - start
-    rates = timed_repeats(run_once, steps * config.batch, sizes.min_repeat_s, sizes.repeats)
+    rates = timed_repeats(
+        run_once, steps_per_call * config.batch, sizes.min_repeat_s, sizes.repeats
+    )
     loss = float(np.asarray(holder["metrics"]["loss"])[-1])
     record = {
         "kind": "fused",
         "name": config.name(sizes),
         "dtype": config.dtype,
         "batch": config.batch,
-        "steps_per_call": steps,
+        "steps_per_call": steps_per_call,
         "unroll": unroll,
         "model": sizes.model,
         "device": jax.devices()[0].device_kind,
@@ -368,9 +370,9 @@ def measure_fused(config: Fused, sizes: Sizes) -> dict[str, Any]:
         "last_loss": loss,
         **rate_summary(rates, config.batch, TRAIN_IMAGES // config.batch),
     }
-    if unroll == steps:  # no loop: the analysis covers every step
-        record["flops_per_step"] = cost["flops"] / steps
-        record["bytes_per_step"] = cost["bytes"] / steps
+    if unroll == steps_per_call:  # no loop: the analysis covers every step
+        record["flops_per_step"] = cost["flops"] / steps_per_call
+        record["bytes_per_step"] = cost["bytes"] / steps_per_call
     return record
 
 

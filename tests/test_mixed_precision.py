@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jresnet import models, train
+from jresnet import models, steps
 from jresnet.configs import default
 
 # `%y = stablehlo.convolution(%x, %w) ... : (tensor<AxBxf32>, tensor<...>) -> tensor<...>`
@@ -27,16 +27,16 @@ _CONV_TYPES = re.compile(
 
 def _setup(dtype):
     config = default.get_config()
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
+    tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8", dtype=dtype)
-    state = train.create_train_state(jax.random.key(0), model, tx)
+    state = steps.create_train_state(jax.random.key(0), model, tx)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
         "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
     }
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, learning_rate_fn=lr_fn))
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=lr_fn))
     return model, state, batch, step
 
 

@@ -15,20 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import input_pipeline, models, parallel, train
+from jresnet import input_pipeline, models, parallel, steps
 from jresnet.configs import default
 
 
-def steps(dtype: str) -> list[float]:
+def fused_losses(dtype: str) -> list[float]:
     """Losses of 2 calls of 2 fused steps of ResNet-8 in ``dtype`` on random data."""
     config = default.get_config()
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
-    tx = train.create_optimizer(config, lr_fn)
+    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
+    tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8", dtype=jnp.dtype(dtype))
     mean, std = input_pipeline.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh()
-    step = train.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call=2)
-    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, tx), mesh)
+    step = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call=2)
+    state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(2):
@@ -53,7 +53,7 @@ def main() -> int:
         print("FAIL: JAX does not see the GPU", flush=True)
         return 1
     for dtype in ("float32", "bfloat16"):
-        losses = steps(dtype)
+        losses = fused_losses(dtype)
         print(f"{dtype}: losses of 4 steps {losses}", flush=True)
         if not all(np.isfinite(losses)):
             print(f"FAIL: {dtype} loss is not finite", flush=True)
