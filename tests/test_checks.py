@@ -53,3 +53,12 @@ def test_changed_keys_compares_with_the_saved_json_values():
     saved = {**config.to_dict(), "lr_boundaries": [32000, 48000], "batch_size": 64}
     assert checks.changed_keys(saved, config, checks.STEP_KEYS) == ["batch_size 64 -> 128"]
     assert checks.changed_keys(saved, config, checks.NUMERIC_KEYS) == []  # tuple == list
+
+
+def test_a_changed_dtype_or_steps_per_call_is_a_numeric_change():
+    config = default.get_config()
+    saved = {**config.to_dict(), "dtype": "bfloat16", "steps_per_call": 1}
+    assert checks.changed_keys(saved, config, checks.NUMERIC_KEYS) == [
+        "dtype 'bfloat16' -> 'float32'",
+        "steps_per_call 1 -> 10",
+    ]

@@ -31,11 +31,32 @@ def _variables(workdir):
     return variables
 
 
-def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(tmp_path, data_dir):
-    # 4 steps per epoch run as calls of 3 + 1 fused steps.
-    cmd = _cli(tmp_path / "run", data_dir, steps_per_call=3)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+def _run(cmd, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, **kwargs)
+
+
+def _interrupted(cmd, how):
+    """``cmd`` (a train.py command) run through tests/interrupt.py."""
+    return [cmd[0], str(REPO / "tests" / "interrupt.py"), how, *cmd[1:]]
+
+
+# The CLI tests run 4 steps per epoch as calls of 3 + 1 fused steps.
+CLI = {"steps_per_call": 3}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """``(workdir, result)`` of one uninterrupted ``train.py`` run, which the kill and signal
+    tests must end equal to (a subprocess too: train.py's XLA flags change rounding)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = _run(_cli(workdir, data_dir, **CLI))
     assert result.returncode == 0, result.stderr
+    return workdir, result
+
+
+def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(uninterrupted):
+    workdir, result = uninterrupted
+    tmp_path = workdir.parent
     assert "compiled 3 and 1 train step(s) per call in" in result.stderr  # before training
     for text in ("epoch 1/3 step 3/4", "epoch 3/3 done", "eval acc", "img/s", "ETA", "Finished"):
         assert text in result.stderr
@@ -50,22 +71,10 @@ def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(tmp_path, dat
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["12", "4", "8"]
 
 
-def _run(cmd, **kwargs):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, **kwargs)
-
-
-def _interrupted(cmd, how):
-    """``cmd`` (a train.py command) run through tests/interrupt.py."""
-    return [cmd[0], str(REPO / "tests" / "interrupt.py"), how, *cmd[1:]]
-
-
 def test_kill_9_inside_a_save_and_rerun_ends_with_exactly_the_uninterrupted_parameters(
-    tmp_path, data_dir
+    tmp_path, data_dir, uninterrupted
 ):
-    uninterrupted = _run(_cli(tmp_path / "a", data_dir))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr
-
-    cmd = _cli(tmp_path / "b", data_dir)
+    cmd = _cli(tmp_path / "b", data_dir, **CLI)
     killed = _run(_interrupted(cmd, "kill-inside-save=8"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     leftovers = os.listdir(tmp_path / "b" / "checkpoints")
@@ -74,28 +83,26 @@ def test_kill_9_inside_a_save_and_rerun_ends_with_exactly_the_uninterrupted_para
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from the checkpoint at step 4" in resumed.stderr
 
-    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
+    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(uninterrupted[0]))
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert epochs == [1, 2, 3]
 
 
-def test_sigterm_stops_inside_an_epoch_saves_and_resumes_exactly(tmp_path, data_dir):
-    reference = tmp_path / "a"  # a subprocess too: train.py's XLA flags change rounding
-    uninterrupted = _run(_cli(reference, data_dir))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr
-    cmd = _cli(tmp_path / "b", data_dir)
-    stopped = _run(_interrupted(cmd, "sigterm-at-first-progress"))  # at step 2 of 4
+def test_sigterm_stops_inside_an_epoch_saves_and_resumes_exactly(tmp_path, data_dir, uninterrupted):
+    cmd = _cli(tmp_path / "b", data_dir, **CLI)
+    stopped = _run(_interrupted(cmd, "sigterm-at-first-progress"))  # after the call of 3
     assert stopped.returncode == errors.EXIT_INTERRUPTED, stopped.stderr
-    assert "stopped by SIGTERM at step 2 (epoch 1, step 2/4)" in stopped.stderr
+    assert "stopped by SIGTERM at step 3 (epoch 1, step 3/4)" in stopped.stderr
     assert "rerun the same command" in stopped.stderr
-    assert os.listdir(tmp_path / "b" / "checkpoints") == ["2"]
-    resumed = _run(cmd)
+    assert os.listdir(tmp_path / "b" / "checkpoints") == ["3"]
+    resumed = _run(cmd)  # the rest of epoch 1 is one call of 1 step
     assert resumed.returncode == 0, resumed.stderr
-    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(reference))
+    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(uninterrupted[0]))
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys):
     assert main.run(_config(data_dir), str(tmp_path / "a")) == 0
     assert main.run(_config(data_dir, num_epochs=1), str(tmp_path / "b")) == 0
@@ -333,3 +340,35 @@ def test_init_from_weights_with_nan_is_refused(tmp_path, data_dir, capsys):
     assert main.run(config, str(tmp_path / "run")) == errors.EXIT_USAGE
     assert "NaN or infinity: linear.bias" in capsys.readouterr().err
     assert os.listdir(tmp_path / "run" / "checkpoints") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config.nonexistent_key=1"], "no such config key 'nonexistent_key'"),
+        (["--config.batchsize=3"], 'Did you mean "batch_size"'),
+        (["--config=missing.py"], "--config file 'missing.py' not found"),
+        (["--config.learning_rate=x"], "could not convert string to float: 'x'"),
+        (["stray"], "unexpected arguments: stray"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_one_line(tmp_path, args, message):
+    result = _run([sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path / 'w'}", *args])
+    assert result.returncode == errors.EXIT_USAGE, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_readmes_relative_config_path_works_from_any_directory(tmp_path):
+    """``--config=jresnet/configs/paper.py`` outside the repository: found in the repository
+    (here a bad override then stops the run before any work, with the paper's config)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--config=jresnet/configs/paper.py", "--x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == errors.EXIT_USAGE, result.stderr
+    assert "not found" not in result.stderr

@@ -33,6 +33,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_one_step_on_two_devices_equals_one_device_under_shard_map_and_pmap():
     result = subprocess.run(
         [sys.executable, str(REPO / "tests" / "multidevice_step.py")],
@@ -109,6 +110,7 @@ def _max_abs_diff(a, b):
     )
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_after_kill(tmp_path, data_dir):
     single = subprocess.run(
         _command(tmp_path / "single", data_dir), capture_output=True, text=True, timeout=300

@@ -217,6 +217,7 @@ def test_eval_step_counts_only_masked_examples():
     assert float(half["loss_sum"]) == pytest.approx(float(expected_loss), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_equal_single_steps():
     """K fused steps (unrolled scan) = K calls of one step, augmentation included."""
     from jresnet import input_pipeline, parallel

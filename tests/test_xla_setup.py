@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jresnet import xla_setup
 
@@ -85,6 +86,7 @@ def _update_of_1_step(tmp_path, *flags):
         return np.concatenate([data[k].ravel() for k in sorted(data.files)])
 
 
+@pytest.mark.slow
 def test_the_flag_changes_only_rounding(tmp_path):
     """The update of one step (augmentation on) agrees to float32 rounding.
 

@@ -4,7 +4,7 @@
 #   1. installs the carried wheels and jresnet (pip install --no-deps -e .), offline;
 #   2. smoke test: imports, a few fused train steps on the GPU (tools/gpu_smoke.py), and the
 #      tests that matter on a GPU (parity, phases of conv.py, mixed precision), time-capped;
-#   3. python benchmarks/gpu.py --out $OUT/gpu, which writes results.jsonl line by line.
+#   3. python -m benchmarks.gpu --out $OUT/gpu, which writes results.jsonl line by line.
 # Everything it prints also goes to $OUT/session.log. Total wall time stays under
 # SESSION_BUDGET_S (default 480 s): the benchmark gets what the first steps leave.
 set -uo pipefail
@@ -30,6 +30,6 @@ timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_mixed_precisi
   tests/test_conv.py tests/test_models.py  # failures are reported, the benchmark still runs
 echo "== benchmark ($(( $(date +%s) - START )) s)"
 LEFT=$(( BUDGET - ($(date +%s) - START) - 30 ))
-python3 benchmarks/gpu.py --out "$OUT/gpu" --data .device/data/cifar10_jpeg.tar.gz \
+python3 -m benchmarks.gpu --out "$OUT/gpu" --data .device/data/cifar10_jpeg.tar.gz \
   --budget-s "$LEFT"
 echo "== done ($(( $(date +%s) - START )) s)"

@@ -129,5 +129,5 @@ def changed_keys(
     return [
         f"{key} {saved.get(key)!r} -> {current.get(key)!r}"
         for key in keys
-        if key in saved and saved.get(key) != _as_saved(current.get(key))
+        if key in saved and _as_saved(saved.get(key)) != _as_saved(current.get(key))
     ]
