@@ -26,8 +26,11 @@ PARAM_COUNTS = {
     ("A", 110): 1_727_962,
     ("A", 1202): 19_421_274,
 }
-CASES = sorted(PARAM_COUNTS, key=lambda c: (c[1], c[0]))
-CASE_IDS = [f"resnet{d}{s}" for s, d in CASES]
+# ResNet-1202 takes seconds to trace: its cases run with the slow tests.
+CASES = [
+    pytest.param(s, d, id=f"resnet{d}{s}", marks=[pytest.mark.slow] if d == 1202 else [])
+    for s, d in sorted(PARAM_COUNTS, key=lambda c: (c[1], c[0]))
+]
 
 
 def abstract_variables(model: models.ResNet, size: int = 32) -> dict:
@@ -47,7 +50,7 @@ def nhwc(x_nchw) -> jax.Array:
 # Architecture (no torch needed).
 
 
-@pytest.mark.parametrize(("shortcut", "depth"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("shortcut", "depth"), CASES)
 def test_param_count_matches_table(shortcut: str, depth: int) -> None:
     model = models.create_model(f"resnet{depth}", shortcut=shortcut)
     assert count(abstract_variables(model)["params"]) == PARAM_COUNTS[shortcut, depth]
@@ -188,10 +191,10 @@ def test_bfloat16_forward_close_to_float32() -> None:
 
 
 # --------------------------------------------------------------------------
-# Parity with the PyTorch reference (tests/torch_reference.py).
+# Parity with the PyTorch reference (jresnet.testing.torch_reference).
 
 
-@pytest.mark.parametrize(("shortcut", "depth"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("shortcut", "depth"), CASES)
 def test_param_count_matches_torch(shortcut: str, depth: int) -> None:
     torch = pytest.importorskip("torch")
     from jresnet.testing.torch_reference import torch_resnet

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 from flax.nnx.bridge import variables as bridge_variables
 
@@ -58,6 +59,7 @@ def test_eval_and_train_mode_match_linen() -> None:
     )
 
 
+@pytest.mark.slow
 def test_nnx_sgd_step_equals_linen_and_converts_back() -> None:
     model, variables = model_with_random_statistics()
     x, y = batch()

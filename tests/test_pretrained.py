@@ -246,6 +246,7 @@ def test_cli_converts_a_published_name(tmp_path, monkeypatch, capsys) -> None:
     )
 
 
+@pytest.mark.slow  # traces every model, ResNet-1202 included
 def test_main_prints_every_name(capsys) -> None:
     assert pretrained.main([]) == 0
     out = capsys.readouterr().out
