@@ -60,11 +60,6 @@ class Splits:
     eval_labels: np.ndarray
 
 
-def num_classes(dataset: str) -> int:
-    """Number of classes of ``dataset`` ("cifar10": 10, "cifar100": 100)."""
-    return datasets.get(dataset).num_classes
-
-
 # --------------------------------------------------------------------------------------------
 # Loading.
 
@@ -121,7 +116,7 @@ def load_split(
       DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``
         and could not be downloaded (or ``download`` is False).
     """
-    num_classes(dataset)
+    datasets.get(dataset)  # an unknown name is an error that lists the known ones
     data_dir = os.fspath(data_dir) if data_dir else None
     builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared():

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from jresnet import datasets
 from jresnet import input_pipeline as ip
 from jresnet.prepare_data import write_dataset
 
@@ -42,11 +43,13 @@ def tiny(tmp_path_factory):
 # Loading.
 
 
-def test_num_classes():
-    assert ip.num_classes("cifar10") == 10
-    assert ip.num_classes("cifar100") == 100
+def test_num_classes_come_from_the_dataset_table():
+    assert datasets.get("cifar10").num_classes == 10
+    assert datasets.get("cifar100").num_classes == 100
     with pytest.raises(ValueError, match="cifar10"):
-        ip.num_classes("mnist")
+        datasets.get("mnist")
+    with pytest.raises(ValueError, match="cifar10"):
+        ip.load_split("mnist", "train")
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -231,7 +231,7 @@ def test_cifar100_python_tarball(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 def test_written_dataset_matches_the_stock_builder(tmp_path, dataset):
-    num_classes = input_pipeline.num_classes(dataset)
+    num_classes = datasets.get(dataset).num_classes
     splits = {"train": fake_split(num_classes, 1, 4), "test": fake_split(num_classes, 1, 5)}
     write_dataset(tmp_path, dataset, splits)
     stock = tfds.builder_cls(dataset)(data_dir=tmp_path / "unprepared").info
