@@ -14,6 +14,19 @@ Exit codes, the same for ``train.py``, ``python -m jresnet.convert``,
 3     training diverged (`TrainingDivergedError`); the saved checkpoints are finite
 130   interrupted (Ctrl-C / SIGINT, SIGTERM); rerun the same command to resume
 ====  ==============================================================================
+
+The rule: one class per kind of bad input, all defined here and nowhere else, each a
+subclass of `JresnetError` (and of the builtin a caller would catch, where one fits):
+
+* `ConfigError`: a config key, flag or command-line option is wrong;
+* `DataError`: a dataset is missing, damaged or malformed (archives, image folders,
+  prepared TFDS files); the message names the file;
+* `WeightsError`: a weights source (work directory, ``.pth``/``.th``/``.safetensors``
+  file, published name) is unknown, unreadable, hostile or does not fit the model;
+* `CheckpointError`: a work directory's checkpoints are unreadable, missing or busy;
+* `OutputError`: an output (export, converted weights, metrics) cannot be written where
+  asked, or the path is not the user's to write (a planted symlink);
+* `ImageError`: an image given to ``predict`` cannot be read as one.
 """
 
 from __future__ import annotations
@@ -35,6 +48,26 @@ class JresnetError(Exception):
 
 class ConfigError(JresnetError, ValueError):
     """The config asks for something jresnet can't do."""
+
+
+class DataError(JresnetError, ValueError):
+    """A dataset is missing, damaged or malformed; the message names the file."""
+
+
+class WeightsError(JresnetError, ValueError):
+    """A weights source is unknown, unreadable, hostile or does not fit the model."""
+
+
+class CheckpointError(JresnetError, RuntimeError):
+    """A work directory's checkpoints are unreadable, missing or held by another run."""
+
+
+class OutputError(JresnetError, OSError):
+    """An output cannot be written where asked (missing directory, read-only, symlink)."""
+
+
+class ImageError(JresnetError, ValueError):
+    """An image given to predict cannot be read as one."""
 
 
 class TrainingDivergedError(JresnetError, RuntimeError):
