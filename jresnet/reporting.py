@@ -8,6 +8,9 @@ Only process 0 prints and writes (multi-host runs call these on every process).
   run killed between its checkpoint and its metrics write loses no record).
 * TensorBoard event files in ``<workdir>/tensorboard`` (``tensorboard --logdir``).
 * ``<workdir>/curves.png``: loss and accuracy per epoch, written at the end.
+
+Files are written through `jresnet.safe_files`: a planted symlink (``metrics.jsonl``
+pointing at another file) is refused with `OutputError`, never written through.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+
+from jresnet import safe_files
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -109,8 +114,9 @@ class MetricsLog:
         self.records = [dict(r) for r in records]
         self._writer = None
         if is_main_process():
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
+            safe_files.write_bytes(
+                self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode()
+            )
             # tensorboardX, not CLU's metric writers or flax.metrics.tensorboard: both
             # import TensorFlow, which jresnet does not need anywhere else.
             from tensorboardX import SummaryWriter
@@ -122,8 +128,9 @@ class MetricsLog:
         self.records.append(dict(record))
         if not is_main_process():
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(dict(record)) + "\n")
+        # Disk full: OutputError, no torn line; the checkpoint holds the record and a
+        # rerun rewrites the file from it.
+        safe_files.append_bytes(self.path, (json.dumps(dict(record)) + "\n").encode())
         for key, value in record.items():
             if key not in ("epoch", "step"):
                 self._writer.add_scalar(key, value, record["epoch"])
@@ -203,8 +210,9 @@ def plot_curves(records: list[Mapping[str, Any]], path: str) -> str:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with safe_files.atomic_writer(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path

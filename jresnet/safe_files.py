@@ -7,7 +7,8 @@ directory's lock) goes through one of three openers here:
   ``O_CREAT | O_EXCL | O_NOFOLLOW`` (so it is ours: nothing existed at that name), written,
   fsynced, then renamed onto the target. A reader sees the old file or the new one, never a
   torn one; a failure (disk full, a crash) leaves the target as it was and no temporary file.
-* `open_for_append`: appends to a file (``metrics.jsonl``) with ``O_NOFOLLOW``.
+* `open_for_append` / `append_bytes`: appends to a file (``metrics.jsonl``) with
+  ``O_NOFOLLOW``.
 * `open_lock_file`: opens (creating if needed) a lock file with ``O_NOFOLLOW``, never
   truncating it; it must be a regular file with one link.
 
@@ -128,13 +129,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def open_for_append(path: str | os.PathLike[str]) -> BinaryIO:
-    """``path`` opened for appending (created if missing, mode ``0o644`` less the umask).
-
-    Refuses (`OutputError`) a symbolic link and anything that is not a regular file.
-    Write errors on the returned file are `OSError` s: wrap them with `output_error`.
-    """
-    path = os.fspath(path)
+def _open_append_fd(path: str) -> int:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, FILE_MODE)
     except OSError as e:
@@ -142,7 +137,39 @@ def open_for_append(path: str | os.PathLike[str]) -> BinaryIO:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OutputError(f"refusing to append to {path}: it is not a regular file")
-    return os.fdopen(fd, "ab")
+    return fd
+
+
+def open_for_append(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for appending (created if missing, mode ``0o644`` less the umask).
+
+    Refuses (`OutputError`) a symbolic link and anything that is not a regular file.
+    Write errors on the returned file are `OSError` s: wrap them with `output_error`, or
+    use `append_bytes`.
+    """
+    return os.fdopen(_open_append_fd(os.fspath(path)), "ab")
+
+
+def append_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Appends ``data`` to ``path`` (see `open_for_append`), all of it or none of it.
+
+    A failed write (disk full) is cut back to the file's previous end, so no torn record
+    is left, and raised as `OutputError`.
+    """
+    path = os.fspath(path)
+    fd = _open_append_fd(path)
+    try:
+        end = os.fstat(fd).st_size
+        remaining = memoryview(data)
+        try:
+            while remaining:
+                remaining = remaining[os.write(fd, remaining) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise OutputError(_describe(path, e)) from None
+    finally:
+        os.close(fd)
 
 
 def open_lock_file(path: str | os.PathLike[str]) -> int:

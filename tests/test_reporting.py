@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from jresnet import reporting
+from jresnet.errors import OutputError
 
 
 def _record(epoch, eval_accuracy):
@@ -55,3 +58,22 @@ def test_plot_writes_a_png(tmp_path):
     path = reporting.plot_curves([_record(1, 0.3), _record(2, 0.5)], str(tmp_path / "c.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_planted_metrics_symlink_is_refused_and_its_victim_untouched(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    log = reporting.MetricsLog(str(workdir), [])
+    (workdir / reporting.METRICS_FILE).unlink()
+    (workdir / reporting.METRICS_FILE).symlink_to(victim)  # planted while the run goes on
+    with pytest.raises(OutputError, match="symbolic link"):
+        log.write(_record(1, 0.5))
+    log.close()
+    with pytest.raises(OutputError, match="symbolic link"):
+        reporting.MetricsLog(str(workdir), [_record(1, 0.5)])  # a resumed run's rewrite
+    with pytest.raises(OutputError, match="symbolic link"):
+        (workdir / "curves.png").symlink_to(victim)
+        reporting.plot_curves([_record(1, 0.5)], str(workdir / "curves.png"))
+    assert victim.read_text() == "precious"

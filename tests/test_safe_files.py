@@ -122,3 +122,20 @@ def test_output_error_says_disk_full_in_one_line(tmp_path):
     error = safe_files.output_error(tmp_path / "m", OSError(28, "No space left on device"))
     assert isinstance(error, OutputError)
     assert "no space left" in str(error)
+
+
+def test_append_bytes_appends_and_a_failed_write_leaves_no_torn_record(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    safe_files.append_bytes(path, b'{"epoch": 1}\n')
+    safe_files.append_bytes(path, b'{"epoch": 2}\n')
+    assert path.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+    real_write = os.write
+
+    def disk_full_after_3_bytes(fd, data):
+        real_write(fd, bytes(data[:3]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safe_files.os, "write", disk_full_after_3_bytes)
+    with pytest.raises(OutputError, match="no space left"):
+        safe_files.append_bytes(path, b'{"epoch": 3}\n')
+    assert path.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
