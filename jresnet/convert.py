@@ -208,7 +208,7 @@ def _import_safetensors() -> Any:
     except ImportError as e:
         raise ConversionError(
             "reading or writing .safetensors files needs the safetensors package: "
-            "pip install 'jresnet[export]'"
+            "pip install safetensors (from a clone: pip install -e '.[export]')"
         ) from e
     return safetensors.numpy
 

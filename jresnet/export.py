@@ -86,7 +86,8 @@ def _import_jax2onnx() -> Any:
         import jax2onnx
     except ImportError as e:
         raise ExportError(
-            "ONNX export needs the jax2onnx and onnx packages: pip install 'jresnet[export]'"
+            "ONNX export needs the jax2onnx and onnx packages: pip install onnx jax2onnx "
+            "(from a clone: pip install -e '.[export]')"
         ) from e
     return jax2onnx
 

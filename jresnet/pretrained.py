@@ -26,6 +26,7 @@ files: the ``test`` or ``bench`` extra).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -336,11 +337,60 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def listing(cache: str | os.PathLike[str] | None = None, urls: bool = False) -> str:
+    """The registry as a plain-text table for a terminal (at most 100 columns): name, depth,
+    dataset, shortcut, normalisation, published test accuracy and whether the file is in
+    ``cache`` (verified when loaded); with ``urls``, each name's URL below it."""
+    directory = cache_dir(cache)
+    header = ("name", "depth", "dataset", "shortcut", "normalization", "accuracy", "cached")
+    rows = [header] + [
+        (
+            w.name,
+            str(w.depth),
+            w.dataset,
+            w.shortcut,
+            w.normalization,
+            f"{w.accuracy:.2f}%",
+            "yes" if os.path.isfile(os.path.join(directory, w.file_name)) else "no",
+        )
+        for w in REGISTRY.values()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {1, 5}  # numbers
+    lines = [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    if urls:
+        lines += ["", *(f"{w.name}: {w.url}" for w in REGISTRY.values())]
+    lines += [
+        "",
+        "accuracy: the source's published top-1 on the official test set.",
+        f"cache: {directory} (${CACHE_ENV} or --cache_dir overrides it)",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jresnet.pretrained``: prints the known weights as a Markdown table."""
-    del argv
-    print(table())
-    print(f"\ncache: {cache_dir()} (${CACHE_ENV} overrides it)")
+    """``jresnet pretrained`` (``python -m jresnet.pretrained``): lists the published weights."""
+    parser = argparse.ArgumentParser(
+        prog="jresnet pretrained",
+        description="List the published weights that jresnet loads by name "
+        "(jresnet.pretrained.load, --config.init_from, jresnet predict/convert/export), "
+        "and which of them are already in the cache.",
+    )
+    parser.add_argument("--urls", action="store_true", help="also print each file's URL")
+    parser.add_argument(
+        "--markdown", action="store_true", help="the README's Markdown table (with parameters)"
+    )
+    parser.add_argument(
+        "--cache_dir", help=f"cache directory (default: ${CACHE_ENV} or {DEFAULT_CACHE_DIR})"
+    )
+    args = parser.parse_args(argv)
+    print(table() if args.markdown else listing(args.cache_dir, args.urls))
     return 0
 
 

@@ -472,7 +472,7 @@ def import_torch() -> Any:
     except ImportError as e:
         raise ConversionError(
             "reading or writing PyTorch checkpoints needs torch, an optional dependency: "
-            "pip install torch (or pip install 'jresnet[bench]')"
+            "pip install torch (from a clone: pip install -e '.[bench]')"
         ) from e
     return torch
 

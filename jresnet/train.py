@@ -454,3 +454,15 @@ def train_and_evaluate(
         reporting.info(reporting.format_summary(summary))
         log.plot()
     return summary
+
+
+if __name__ == "__main__":  # this module is the loop; the command that trains is elsewhere
+    import sys
+
+    print(
+        "error: jresnet.train is the training loop, not a command: train with `jresnet train "
+        "--workdir DIR` (or python -m jresnet train, python train.py); `jresnet train --help` "
+        "lists every option",
+        file=sys.stderr,
+    )
+    sys.exit(2)  # errors.EXIT_USAGE

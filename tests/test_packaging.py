@@ -1,12 +1,16 @@
 """pyproject.toml: every extra installs on every supported Python, and agrees with
 constraints.txt (the README installs everything with ``-c constraints.txt``)."""
 
+import importlib
+import re
+
 import pytest
 import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from jresnet import cli
 from tests.conftest import REPO
 
 # The jax releases jresnet is tested with, and the oldest Python each supports (their
@@ -68,3 +72,20 @@ def test_constraints_satisfy_every_extra(extra):
         for requirement in _requirements(extra, python):
             if requirement.name in pins:
                 assert requirement.specifier.contains(pins[requirement.name]), requirement
+
+
+def test_missing_package_messages_name_an_install_command_that_works_from_a_clone():
+    """``pip install 'jresnet[export]'`` needs an index that has jresnet; none has."""
+    extras = set(_project()["optional-dependencies"])
+    named = []
+    for path in sorted((REPO / "jresnet").rglob("*.py")):
+        text = path.read_text()
+        assert "jresnet[" not in text, path
+        named += re.findall(r"pip install -e '\.\[(\w+)\]'", text)
+    assert named, "no missing-package message found"
+    assert set(named) <= extras
+
+
+def test_console_script_is_the_cli_main():
+    module, _, function = _project()["scripts"]["jresnet"].partition(":")
+    assert getattr(importlib.import_module(module), function) is cli.main

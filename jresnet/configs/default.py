@@ -24,21 +24,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "cifar10"  # "cifar10" or "cifar100"
     config.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets)
     config.train_split = "train"  # any TFDS split string, e.g. "train[:45000]"
-    config.eval_split = "test"
+    config.eval_split = "test"  # TFDS split evaluated after every epoch
     config.normalization = "cifar"  # "cifar": the seed's; "imagenet": akamaster's; "cifar100"
     config.augment = True  # random crop with 4-pixel zero padding + horizontal flip
 
     # Optimisation.
     config.batch_size = 128  # global batch, images per step
-    config.eval_batch_size = 1000
-    config.num_epochs = 200
-    config.learning_rate = 0.1
+    config.eval_batch_size = 1000  # images per eval step (only memory and speed depend on it)
+    config.num_epochs = 200  # passes over train_split
+    config.learning_rate = 0.1  # initial (peak) SGD learning rate
     config.momentum = 0.9  # PyTorch-style heavy ball, no dampening
     config.weight_decay = 1e-4  # coupled L2, added to the gradient of every parameter
     config.schedule = "cosine_epoch"  # "cosine_epoch" | "cosine" | "multistep" | "constant"
     config.lr_boundaries = (32000, 48000)  # multistep: steps where lr is divided by 10
     config.warmup_steps = 0  # multistep: steps at warmup_learning_rate first (ResNet-110)
-    config.warmup_learning_rate = 0.01
+    config.warmup_learning_rate = 0.01  # multistep: learning rate during warmup_steps
 
     # Several processes (jax.distributed); all started with the same --workdir.
     config.distributed = False  # True: let JAX detect the cluster (SLURM, Open MPI, TPU pods)
@@ -52,10 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
     # JAX's persistent compilation cache: a restart (resume) skips the ~15 s
     # compile of the fused train step. "" disables it.
     config.compilation_cache_dir = "~/.cache/jresnet/jax"
-    config.seed = 0
+    config.seed = 0  # PRNG seed of initialisation, data order and augmentation
     config.checkpoints_to_keep = 3  # latest checkpoints kept, besides the best one
     config.eval_only = False  # evaluate the latest checkpoint in --workdir and exit
-    config.init_from = ""  # PyTorch checkpoint file or jresnet workdir to start from
+    # Weights to start from (or, with eval_only and no checkpoint, to evaluate): a jresnet
+    # work directory, a PyTorch or .safetensors file, or a published name (jresnet pretrained).
+    config.init_from = ""
     config.log_every_steps = 50  # progress line frequency within an epoch
     # Training steps fused into one jitted call (an unrolled lax.scan): no per-step
     # dispatch, about 10 s more compile time. Same numbers as 1 within float32
