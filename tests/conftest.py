@@ -3,21 +3,39 @@
 
 Hermetic: JAX's persistent compilation cache lives in a temporary directory for the
 session (shared by in-process runs and `train.py` subprocesses, so identical programs
-compile once), never in the user's ``~/.cache``.
+compile once), never in the user's ``~/.cache``. So do every other cache a test or its
+subprocesses could fill (`HERMETIC_ENV`: matplotlib's font cache, XDG caches, published
+weights, TFDS's data dir): tests write nothing under ``$HOME`` (tests/test_hermetic.py).
 """
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# Set before anything imports matplotlib or TFDS; subprocesses inherit them. A fresh
+# directory per pytest process (each xdist worker too), removed when it exits.
+_CACHES = tempfile.mkdtemp(prefix="jresnet-test-caches-")
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+HERMETIC_ENV = {
+    "MPLCONFIGDIR": os.path.join(_CACHES, "matplotlib"),
+    "XDG_CACHE_HOME": os.path.join(_CACHES, "xdg-cache"),
+    "XDG_CONFIG_HOME": os.path.join(_CACHES, "xdg-config"),
+    "JRESNET_CACHE_DIR": os.path.join(_CACHES, "jresnet-weights"),
+    "TFDS_DATA_DIR": os.path.join(_CACHES, "tensorflow_datasets"),
+}
+os.environ.update(HERMETIC_ENV)
 
-from jresnet import models, prepare_data
-from jresnet.configs import default
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jresnet import models, prepare_data  # noqa: E402
+from jresnet.configs import default  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
