@@ -315,7 +315,7 @@ def measure_fused(config: Fused, sizes: Sizes) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jresnet import input_pipeline, models, parallel, steps
+    from jresnet import datasets, models, parallel, steps
     from jresnet.configs import default
 
     steps_per_call, unroll = config.steps(sizes), config.unroll(sizes)
@@ -325,9 +325,19 @@ def measure_fused(config: Fused, sizes: Sizes) -> dict[str, Any]:
     lr_fn = steps.create_learning_rate_fn(cfg, steps_per_epoch)
     tx = steps.create_optimizer(cfg, lr_fn)
     model = models.create_model(sizes.model, dtype=jnp.dtype(config.dtype))
-    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mean, std = datasets.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh()
-    fn = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call, unroll=unroll)
+    fn = steps.make_train_fn(
+        model=model,
+        tx=tx,
+        learning_rate_fn=lr_fn,
+        mean=mean,
+        std=std,
+        augment=True,
+        mesh=mesh,
+        steps_per_call=steps_per_call,
+        unroll=unroll,
+    )
     state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
     host = (

@@ -25,7 +25,7 @@ from benchmarks import timing
 from benchmarks.configs import BATCH, EVAL_BATCH, MATMUL_N, Config, Sizes
 from benchmarks.resnet20 import RESNET20_CONVS, ConvShape
 from jresnet import conv as jresnet_conv
-from jresnet import input_pipeline, models, parallel, reporting, steps, train
+from jresnet import datasets, input_pipeline, models, parallel, reporting, steps, train
 from jresnet.configs import default
 from jresnet.testing import stablehlo_loops
 
@@ -45,20 +45,20 @@ class JaxSetup:
         self.tx = steps.create_optimizer(self.config, self.lr_fn)
         self.mesh = parallel.create_mesh()
         self.state = steps.create_train_state(jax.random.key(0), self.model, self.tx)
-        self.mean, self.std = input_pipeline.NORMALIZATIONS[self.config.normalization]
+        self.mean, self.std = datasets.NORMALIZATIONS[self.config.normalization]
 
     def train_fn(
         self, augment: bool, steps_per_call: int = 1, unroll: int | None = None
     ) -> Callable[..., Any]:
         """`jresnet.steps.make_train_fn` for this recipe."""
         return steps.make_train_fn(
-            self.model,
-            self.tx,
-            self.lr_fn,
-            self.mean,
-            self.std,
-            augment,
-            self.mesh,
+            model=self.model,
+            tx=self.tx,
+            learning_rate_fn=self.lr_fn,
+            mean=self.mean,
+            std=self.std,
+            augment=augment,
+            mesh=self.mesh,
             steps_per_call=steps_per_call,
             unroll=unroll,
         )

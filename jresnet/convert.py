@@ -450,7 +450,7 @@ def _to_file(args: argparse.Namespace) -> int:
     print(
         f"Wrote {summary['path']}: {summary['architecture'].describe()}, "
         f"{summary['num_tensors']} tensors in the {args.layout} layout. Its inputs are NCHW "
-        f"images normalised with {config.normalization!r} (jresnet.input_pipeline.NORMALIZATIONS)."
+        f"images normalised with {config.normalization!r} (jresnet.datasets.NORMALIZATIONS)."
     )
     return 0
 

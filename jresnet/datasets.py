@@ -1,7 +1,9 @@
-"""The datasets jresnet knows: one table of names, classes, label names and archives.
+"""The datasets jresnet knows: one table of names, classes, label names and archives, and
+the image normalisations models are trained with.
 
 Every module that needs to know about CIFAR-10 or CIFAR-100 (the input pipeline, data
-preparation, weight conversion, prediction) reads it from `DATASETS`.
+preparation, weight conversion, prediction) reads it from `DATASETS`; every module that
+normalises images reads the ``(mean, std)`` from `NORMALIZATIONS`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ CIFAR100_SUPERCLASSES: Mapping[str, tuple[str, ...]] = {
     "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
     "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
     "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
+}
+
+
+# Per-channel RGB (mean, std) of pixels scaled to [0, 1].
+NORMALIZATIONS: Mapping[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    # The seed's values (kuangliu/pytorch-cifar).
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # ImageNet's, as used by akamaster/pytorch_resnet_cifar10.
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # CIFAR-100's, as chenyaofo/pytorch-cifar-models trained its CIFAR-100 models with
+    # (the training configs in that repository's logs/cifar100/resnet*/default.log).
+    "cifar100": ((0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761)),
 }
 
 

@@ -5,9 +5,9 @@ labels int32 ``[N]``. Augmentation and normalisation run batched inside the jitt
 an explicit PRNG key, and produce float32 ``[B, 32, 32, 3]``.
 
 Data is read with ``tfds.data_source`` (array_record, no TensorFlow). This module never
-downloads by itself: a dataset that is not prepared raises :class:`DatasetNotFoundError`, which
-says how to prepare it offline with ``python -m jresnet.prepare_data``, unless the caller asks
-for a download (``download=True``, which the training entry point `jresnet.main` does).
+downloads: a dataset that is not prepared raises :class:`DatasetNotFoundError`, which says how
+to prepare it offline with ``python -m jresnet.prepare_data``. Downloading is the entry
+point's decision (`jresnet.main`, with `unprepared_root` and `not_prepared`).
 """
 
 from __future__ import annotations
@@ -25,19 +25,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
-from jresnet import datasets, prepare_data
+from jresnet import datasets
 from jresnet.errors import JresnetError
-
-# Per-channel RGB (mean, std) of pixels scaled to [0, 1].
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    # The seed's values (kuangliu/pytorch-cifar).
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    # ImageNet's, as used by akamaster/pytorch_resnet_cifar10.
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # CIFAR-100's, as chenyaofo/pytorch-cifar-models trained its CIFAR-100 models with
-    # (the training configs in that repository's logs/cifar100/resnet*/default.log).
-    "cifar100": ((0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761)),
-}
 
 PADDING = 4  # pixels of zero padding around each side before the random 32x32 crop
 
@@ -67,6 +56,8 @@ class Splits:
 def _not_found(
     dataset: str, builder: tfds.core.DatasetBuilder, reason: str
 ) -> DatasetNotFoundError:
+    """The error for a dataset that can't be read, ``reason`` saying why, and how to prepare
+    it offline."""
     root = builder.data_dir_root
     flag = "" if dataset == "cifar10" else f" --dataset {dataset}"
     return DatasetNotFoundError(
@@ -76,6 +67,28 @@ def _not_found(
         f"where PATH is {', '.join(datasets.get(dataset).archives)}, or an image-folder tree "
         "train/<class>/*, test/<class>/* (a directory or its .tar.gz)."
     )
+
+
+def _builder(dataset: str, data_dir: str | os.PathLike | None) -> tfds.core.DatasetBuilder:
+    datasets.get(dataset)  # an unknown name is an error that lists the known ones
+    return tfds.builder(dataset, data_dir=os.fspath(data_dir) if data_dir else None)
+
+
+def unprepared_root(dataset: str, data_dir: str | os.PathLike | None) -> str | None:
+    """The TFDS data directory root to prepare ``dataset`` in, or None if it is prepared there.
+
+    ``data_dir`` None or "" means TFDS's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+    """
+    builder = _builder(dataset, data_dir)
+    return None if builder.is_prepared() else os.fspath(builder.data_dir_root)
+
+
+def not_prepared(
+    dataset: str, data_dir: str | os.PathLike | None, reason: str
+) -> DatasetNotFoundError:
+    """`DatasetNotFoundError` for ``dataset`` in ``data_dir``: it ``reason`` (e.g. "is not
+    prepared and can't be downloaded (...)"), and how to prepare it offline."""
+    return _not_found(dataset, _builder(dataset, data_dir), reason)
 
 
 def _parse_record(record: bytes) -> tuple[bytes, int]:
@@ -93,7 +106,6 @@ def load_split(
     dataset: str,
     split: str,
     data_dir: str | os.PathLike | None = None,
-    download: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads a whole split of a prepared TFDS dataset into host memory.
 
@@ -101,10 +113,7 @@ def load_split(
       dataset: "cifar10" or "cifar100".
       split: any TFDS split string: "train", "test", "train[:45000]", "train[90%:]", ...
       data_dir: TFDS data directory; None or "" means TFDS's default (``$TFDS_DATA_DIR`` or
-        ``~/tensorflow_datasets``).
-      download: if the dataset is not prepared, download the official archive and prepare it
-        (`jresnet.prepare_data.download_and_prepare`, no TensorFlow); offline, this fails at
-        once with `DatasetNotFoundError`. False (the default): never touch the network.
+        ``~/tensorflow_datasets``). Never touches the network.
 
     Returns:
       (images, labels): uint8 ``[N, 32, 32, 3]`` RGB NHWC and int32 ``[N]`` (the fine label for
@@ -113,21 +122,12 @@ def load_split(
     Raises:
       ValueError: unknown dataset, or a split string TFDS rejects (the message names the split
         and the available splits).
-      DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``
-        and could not be downloaded (or ``download`` is False).
+      DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``.
     """
-    datasets.get(dataset)  # an unknown name is an error that lists the known ones
+    builder = _builder(dataset, data_dir)
     data_dir = os.fspath(data_dir) if data_dir else None
-    builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared():
-        if not download:
-            raise _not_found(dataset, builder, "is not prepared")
-        try:
-            prepare_data.download_and_prepare(dataset, builder.data_dir_root)
-        except (OSError, prepare_data.PrepareError) as e:
-            reason = f"is not prepared and can't be downloaded ({e})"
-            raise _not_found(dataset, builder, reason) from e
-        builder = tfds.builder(dataset, data_dir=data_dir)
+        raise _not_found(dataset, builder, "is not prepared")
     try:
         # download=False: never call download_and_prepare, which would try the network.
         source = tfds.data_source(
@@ -159,11 +159,11 @@ def load_split(
     return images, labels
 
 
-def load_splits(config: ml_collections.ConfigDict, download: bool = False) -> Splits:
+def load_splits(config: ml_collections.ConfigDict) -> Splits:
     """``config.train_split`` and ``config.eval_split`` of ``config.dataset`` (`load_split`)."""
     data_dir = config.data_dir or None
-    train = load_split(config.dataset, config.train_split, data_dir, download)
-    evaluation = load_split(config.dataset, config.eval_split, data_dir, download)
+    train = load_split(config.dataset, config.train_split, data_dir)
+    evaluation = load_split(config.dataset, config.eval_split, data_dir)
     return Splits(*train, *evaluation)
 
 

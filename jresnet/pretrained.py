@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jresnet import input_pipeline, models
+from jresnet import datasets, models
 from jresnet.errors import JresnetError
 
 CACHE_ENV = "JRESNET_CACHE_DIR"
@@ -91,8 +91,6 @@ class Weights:
 
     @property
     def num_classes(self) -> int:
-        from jresnet import datasets
-
         return datasets.get(self.dataset).num_classes
 
     def num_params(self) -> int:
@@ -184,7 +182,7 @@ def get(name: str) -> Weights:
 
 def normalization_values(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` per RGB channel, for pixels in [0, 1], of a normalisation name."""
-    table = input_pipeline.NORMALIZATIONS
+    table = datasets.NORMALIZATIONS
     if name not in table:
         raise PretrainedError(f"unknown normalization {name!r}; known: {sorted(table)}")
     return table[name]

@@ -239,6 +239,7 @@ def eval_step(
 
 
 def make_train_fn(
+    *,
     model: models.ResNet,
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,

@@ -32,17 +32,72 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jresnet import checkpoint, input_pipeline, models, parallel, reporting, steps, weights
+from jresnet import (
+    checkpoint,
+    datasets,
+    input_pipeline,
+    models,
+    parallel,
+    reporting,
+    steps,
+    weights,
+)
 from jresnet import workdir as workdir_lib
 from jresnet.configs import checks
 from jresnet.errors import ConfigError, InterruptedRun, TrainingDivergedError
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The config values the loop uses, read once at the start of a run (`from_config`).
+
+    Attributes:
+      mean, std: per-channel RGB normalisation of pixels in [0, 1] (`datasets.NORMALIZATIONS`).
+      augment: random crops and flips on the training batches.
+      seed: the run's seed; the data order and the augmentation keys derive from it.
+      batch_size: global training batch (over every device of every process).
+      eval_batch_size: global eval batch.
+      steps_per_call: training steps fused into one jitted call.
+      num_epochs: epochs of the whole run.
+      log_every_steps: progress line interval, in steps.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    augment: bool
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    steps_per_call: int
+    num_epochs: int
+    log_every_steps: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
+        mean, std = datasets.NORMALIZATIONS[config.normalization]
+        return cls(
+            mean=mean,
+            std=std,
+            augment=bool(config.augment),
+            seed=int(config.seed),
+            batch_size=int(config.batch_size),
+            eval_batch_size=int(config.eval_batch_size),
+            steps_per_call=int(config.steps_per_call),
+            num_epochs=int(config.num_epochs),
+            log_every_steps=int(config.log_every_steps),
+        )
+
+
 @dataclasses.dataclass
 class Run:
-    """What stays fixed during a run: config, data, model, optimizer and drivers."""
+    """What stays fixed during a run: recipe, data, model, optimizer and drivers.
+
+    ``config`` is the run's config as given: it is saved with each checkpoint and compared
+    with a checkpoint's on resume; the loop itself reads only ``recipe``.
+    """
 
     config: ml_collections.ConfigDict
+    recipe: Recipe
     workdir: str
     data: input_pipeline.Splits
     mesh: Mesh
@@ -58,18 +113,17 @@ class Run:
     def compile(self, state: steps.TrainState, steps_per_call: int) -> float:
         """Compiles the driver of ``steps_per_call`` fused steps ahead of time; returns seconds."""
         start = time.time()
-        mean, std = input_pipeline.NORMALIZATIONS[self.config.normalization]
         jitted = steps.make_train_fn(
-            self.model,
-            self.tx,
-            self.learning_rate_fn,
-            mean,
-            std,
-            self.config.augment,
-            self.mesh,
-            steps_per_call,
+            model=self.model,
+            tx=self.tx,
+            learning_rate_fn=self.learning_rate_fn,
+            mean=self.recipe.mean,
+            std=self.recipe.std,
+            augment=self.recipe.augment,
+            mesh=self.mesh,
+            steps_per_call=steps_per_call,
         )
-        batch = (steps_per_call, self.config.batch_size)
+        batch = (steps_per_call, self.recipe.batch_size)
         sharding = NamedSharding(self.mesh, P(None, parallel.BATCH_AXIS))
         self.train_fns[steps_per_call] = jitted.lower(
             jax.tree.map(
@@ -84,9 +138,9 @@ class Run:
     def compile_calls(self, state: steps.TrainState, first_step: int, more_epochs: bool) -> None:
         """Compiles, before training, every call size the epochs ahead need: the rest of this
         epoch from ``first_step`` and, if ``more_epochs``, whole epochs."""
-        sizes = _call_sizes(self.steps_per_epoch - first_step, self.config.steps_per_call)
+        sizes = _call_sizes(self.steps_per_epoch - first_step, self.recipe.steps_per_call)
         if more_epochs:
-            sizes |= _call_sizes(self.steps_per_epoch, self.config.steps_per_call)
+            sizes |= _call_sizes(self.steps_per_epoch, self.recipe.steps_per_call)
         sizes = sorted(sizes, reverse=True)
         seconds = sum(self.compile(state, size) for size in sizes)
         reporting.info(
@@ -180,16 +234,16 @@ def train_epoch(
 
     Returns early (with ``progress.done < steps_per_epoch``) when ``stop`` is requested.
     """
-    config = run.config
+    recipe = run.recipe
     batches = input_pipeline.train_batches(
-        run.data.train_images, run.data.train_labels, config.batch_size, config.seed, epoch
+        run.data.train_images, run.data.train_labels, recipe.batch_size, recipe.seed, epoch
     )
     batches = itertools.islice(batches, progress.done, None)
     sums = {k: jnp.asarray(v) for k, v in progress.sums.items()}
     finite = jnp.asarray(True)
     lr = None
     start = time.time()
-    for chunk in _chunks(batches, config.steps_per_call):
+    for chunk in _chunks(batches, recipe.steps_per_call):
         stacked = [np.stack(arrays) for arrays in zip(*chunk, strict=True)]
         images, labels = parallel.global_batch(stacked, run.mesh, batch_axis=1)
         if len(chunk) not in run.train_fns:  # only after steps_per_call changed on resume
@@ -201,16 +255,16 @@ def train_epoch(
         finite = jnp.logical_and(finite, metrics.pop("finite").all())
         for k, v in metrics.items():
             sums[k] = sums[k] + v.sum() if k in sums else v.sum()
-        logged_before = progress.done // config.log_every_steps
+        logged_before = progress.done // recipe.log_every_steps
         progress.done += len(chunk)
         if (
-            progress.done // config.log_every_steps > logged_before
+            progress.done // recipe.log_every_steps > logged_before
             and progress.done < run.steps_per_epoch
         ):
             current = _host_means(sums, progress.done)
             _check_finite(current, bool(np.all(parallel.to_host(finite))), epoch, progress.done)
             current["learning_rate"] = float(parallel.to_host(lr))
-            printer.update(epoch, config.num_epochs, progress.done, run.steps_per_epoch, current)
+            printer.update(epoch, recipe.num_epochs, progress.done, run.steps_per_epoch, current)
         if stop.requested():
             break
     current = _host_means(sums, progress.done)
@@ -230,14 +284,13 @@ def end_epoch(
     log: reporting.MetricsLog,
 ) -> dict[str, Any]:
     """Evaluates, saves the checkpoint (with the metrics history) and writes the record."""
-    config = run.config
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     eval_metrics = steps.evaluate(
         run.eval_fn,
         variables,
         run.data.eval_images,
         run.data.eval_labels,
-        config.eval_batch_size,
+        run.recipe.eval_batch_size,
         run.mesh,
     )
     train_metrics = _host_means(progress.sums, progress.done)
@@ -250,14 +303,14 @@ def end_epoch(
         "train_accuracy": train_metrics["accuracy"],
         "learning_rate": progress.learning_rate,  # of the epoch's last step
         **eval_metrics,
-        "images_per_s": progress.done * config.batch_size / max(timed_seconds, 1e-9),
+        "images_per_s": progress.done * run.recipe.batch_size / max(timed_seconds, 1e-9),
         "epoch_time_s": progress.seconds,
     }
     checkpoint.save(
         run.manager,
         step,
         state.to_dict(),
-        config,
+        run.config,
         metrics={"eval_accuracy": eval_metrics["eval_accuracy"]},
         meta={"history": [*log.records, record]},
     )
@@ -373,13 +426,20 @@ def _announce(run: Run, state: steps.TrainState) -> None:
     )
 
 
-def _setup(config, workdir: str, data: input_pipeline.Splits, mesh: Mesh, manager) -> Run:
-    steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train_labels), config.batch_size)
+def _setup(
+    config: ml_collections.ConfigDict,
+    recipe: Recipe,
+    workdir: str,
+    data: input_pipeline.Splits,
+    mesh: Mesh,
+    manager: Any,
+) -> Run:
+    steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train_labels), recipe.batch_size)
     learning_rate_fn = steps.create_learning_rate_fn(config, steps_per_epoch)
     model = models.from_config(config)
-    mean, std = input_pipeline.NORMALIZATIONS[config.normalization]
     return Run(
         config=config,
+        recipe=recipe,
         workdir=workdir,
         data=data,
         mesh=mesh,
@@ -387,9 +447,9 @@ def _setup(config, workdir: str, data: input_pipeline.Splits, mesh: Mesh, manage
         tx=steps.create_optimizer(config, learning_rate_fn),
         learning_rate_fn=learning_rate_fn,
         steps_per_epoch=steps_per_epoch,
-        train_key=jax.random.split(jax.random.key(config.seed))[1],
+        train_key=jax.random.split(jax.random.key(recipe.seed))[1],
         manager=manager,
-        eval_fn=steps.make_eval_fn(model, mean, std, mesh),
+        eval_fn=steps.make_eval_fn(model, recipe.mean, recipe.std, mesh),
     )
 
 
@@ -400,8 +460,10 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates each epoch.
 
-    ``data`` holds the training and eval splits; None reads ``config.train_split`` and
-    ``config.eval_split`` of ``config.dataset`` from ``config.data_dir`` (never downloads).
+    ``config`` must be valid (`configs.checks.validate`, which `jresnet.main` runs once per
+    run, before any data is read). ``data`` holds the training and eval splits; None reads
+    ``config.train_split`` and ``config.eval_split`` of ``config.dataset`` from
+    ``config.data_dir`` (never downloads).
     Runs data-parallel over every device of every process (`jresnet.parallel`); call
     `parallel.initialize_distributed` first for several processes. Holds the work
     directory's lock (`jresnet.workdir`) while it runs.
@@ -410,10 +472,10 @@ def train_and_evaluate(
     ``best_epoch``, ``epochs``, ``steps``, ``wall_time_s``.
     """
     start_time = time.time()
-    checks.validate(config)
+    recipe = Recipe.from_config(config)
     mesh = parallel.create_mesh()
     try:
-        parallel.check_divisible(config.batch_size, "--config.batch_size", mesh)
+        parallel.check_divisible(recipe.batch_size, "--config.batch_size", mesh)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     workdir = workdir_lib.prepare(workdir)
@@ -425,27 +487,27 @@ def train_and_evaluate(
         manager = stack.enter_context(
             checkpoint.create_manager(workdir, keep=config.checkpoints_to_keep)
         )
-        run = _setup(config, workdir, data, mesh, manager)
-        init_key = jax.random.split(jax.random.key(config.seed))[0]
+        run = _setup(config, recipe, workdir, data, mesh, manager)
+        init_key = jax.random.split(jax.random.key(recipe.seed))[0]
         state, meta = _initial_state(run, init_key)
         start_step = int(parallel.to_host(state.step))
         start_epoch, progress, history = _position(run, start_step, meta)
         log = stack.enter_context(contextlib.closing(reporting.MetricsLog(workdir, history)))
         _announce(run, state)
-        more_epochs = start_epoch + 1 < config.num_epochs
-        if start_epoch < config.num_epochs:
+        more_epochs = start_epoch + 1 < recipe.num_epochs
+        if start_epoch < recipe.num_epochs:
             run.compile_calls(state, progress.done, more_epochs)
         printer = reporting.Progress(
-            run.steps_per_epoch * config.num_epochs, start_step, config.batch_size
+            run.steps_per_epoch * recipe.num_epochs, start_step, recipe.batch_size
         )
-        for epoch in range(start_epoch, config.num_epochs):
+        for epoch in range(start_epoch, recipe.num_epochs):
             state = train_epoch(run, state, epoch, progress, printer, stop)
             if progress.done < run.steps_per_epoch:
                 _save_interrupted(run, state, epoch, progress, log, stop)
             record = end_epoch(run, state, epoch, progress, log)
-            printer.epoch_done(record, config.num_epochs)
+            printer.epoch_done(record, recipe.num_epochs)
             progress = EpochProgress()
-            if stop.requested() and epoch + 1 < config.num_epochs:
+            if stop.requested() and epoch + 1 < recipe.num_epochs:
                 raise InterruptedRun(
                     f"stopped by {stop.signal_name} after epoch {epoch + 1} (its checkpoint is "
                     "saved); rerun the same command to resume from it"

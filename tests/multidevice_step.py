@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import input_pipeline, models, parallel, steps
+from jresnet import datasets, input_pipeline, models, parallel, steps
 from jresnet.configs import default
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
     tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
-    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mean, std = datasets.NORMALIZATIONS["cifar"]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 16).astype(np.int32)
@@ -46,7 +46,9 @@ def main() -> None:
     results = {}
     for n in (1, 2):
         mesh = parallel.create_mesh(jax.devices()[:n])
-        step = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
+        step = steps.make_train_fn(
+            model=model, tx=tx, learning_rate_fn=lr_fn, mean=mean, std=std, augment=True, mesh=mesh
+        )
         state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)  # the step donates it
         batch = parallel.global_batch((images[None], labels[None]), mesh, batch_axis=1)
         state, metrics = step(state, *batch, key)

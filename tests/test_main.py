@@ -10,13 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from jresnet import checkpoint, errors, main
+from jresnet import checkpoint, errors, input_pipeline, main
 from tests.conftest import REPO, TINY, tiny_config, train_command
 
 _config = tiny_config
@@ -170,6 +171,23 @@ def test_missing_dataset_offline_says_how_to_prepare_it(tmp_path, capsys, monkey
     assert "python -m jresnet.prepare_data" in capsys.readouterr().err
 
 
+def test_missing_dataset_offline_fails_fast_and_says_how_to_prepare(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    start = time.perf_counter()
+    with pytest.raises(input_pipeline.DatasetNotFoundError) as info:
+        main.prepare_if_missing("cifar10", str(tmp_path))
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert "can't be downloaded" in message and "Name or service not known" in message
+    assert f"python -m jresnet.prepare_data --from PATH --data_dir {tmp_path}" in message
+    assert "cifar-10-python.tar.gz" in message and "cifar-10-binary.tar.gz" in message
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
 def test_workdir_that_is_a_file_is_refused_and_kept(tmp_path, data_dir, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("keep me")
@@ -219,7 +237,7 @@ def test_eval_only_uses_the_checkpoints_own_architecture_and_normalization(
     default config (option B, CIFAR statistics) on the command line."""
     import jax.numpy as jnp
 
-    from jresnet import input_pipeline, models
+    from jresnet import datasets, models
 
     saved = _config(data_dir, shortcut="A", normalization="imagenet")
     model = models.create_model("resnet8", shortcut="A")
@@ -229,7 +247,7 @@ def test_eval_only_uses_the_checkpoints_own_architecture_and_normalization(
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     images, labels = input_pipeline.load_split("cifar10", "test", data_dir)
-    mean, std = input_pipeline.NORMALIZATIONS["imagenet"]
+    mean, std = datasets.NORMALIZATIONS["imagenet"]
     logits = model.apply(variables, input_pipeline.normalize(images, mean, std))
     expected = float(np.mean(np.argmax(logits, axis=-1) == labels))
     assert metrics["eval_accuracy"] == pytest.approx(expected)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from jresnet import checkpoint, datasets, models, predict
 from jresnet.configs import default
-from jresnet.input_pipeline import NORMALIZATIONS
+from jresnet.datasets import NORMALIZATIONS
 from tests.conftest import model_with_random_statistics
 
 try:

@@ -220,13 +220,13 @@ def test_eval_step_counts_only_masked_examples():
 @pytest.mark.slow
 def test_several_steps_per_call_equal_single_steps():
     """K fused steps (unrolled scan) = K calls of one step, augmentation included."""
-    from jresnet import input_pipeline, parallel
+    from jresnet import datasets, parallel
 
     config = _config()
     lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=2)  # lr changes mid-call
     tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
-    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mean, std = datasets.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh(jax.devices()[:1])
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
@@ -235,7 +235,16 @@ def test_several_steps_per_call_equal_single_steps():
     init = steps.create_train_state(jax.random.key(0), model, tx)
 
     def run(steps_per_call):
-        fn = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
+        fn = steps.make_train_fn(
+            model=model,
+            tx=tx,
+            learning_rate_fn=lr_fn,
+            mean=mean,
+            std=std,
+            augment=True,
+            mesh=mesh,
+            steps_per_call=steps_per_call,
+        )
         state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)
         losses = []
         for start in range(0, 4, steps_per_call):
@@ -268,15 +277,24 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     assert (
         stablehlo_loops.convolutions_in_while_loops(_rolled_scan_of_a_convolution()) == 1
     )  # detector works
-    from jresnet import input_pipeline, parallel
+    from jresnet import datasets, parallel
 
     config = _config()
     lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=2)
     tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
-    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mean, std = datasets.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh(jax.devices()[:1])
-    fn = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call)
+    fn = steps.make_train_fn(
+        model=model,
+        tx=tx,
+        learning_rate_fn=lr_fn,
+        mean=mean,
+        std=std,
+        augment=True,
+        mesh=mesh,
+        steps_per_call=steps_per_call,
+    )
     state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
     images = jax.ShapeDtypeStruct((steps_per_call, 8, 32, 32, 3), jnp.uint8)
     labels = jax.ShapeDtypeStruct((steps_per_call, 8), jnp.int32)

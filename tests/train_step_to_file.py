@@ -13,7 +13,7 @@ if "--with-cpu-flags" in sys.argv:
 import jax
 import numpy as np
 
-from jresnet import input_pipeline, models, parallel, steps
+from jresnet import datasets, models, parallel, steps
 from jresnet.configs import default
 
 
@@ -22,9 +22,11 @@ def main() -> None:
     lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
     tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8")
-    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mean, std = datasets.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh()
-    step = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh)
+    step = steps.make_train_fn(
+        model=model, tx=tx, learning_rate_fn=lr_fn, mean=mean, std=std, augment=True, mesh=mesh
+    )
     init = steps.create_train_state(jax.random.key(0), model, tx)
     init_params = jax.tree.map(np.asarray, init.params)
     state = parallel.replicate(init, mesh)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import input_pipeline, models, parallel, steps
+from jresnet import datasets, models, parallel, steps
 from jresnet.configs import default
 
 
@@ -25,9 +25,18 @@ def fused_losses(dtype: str) -> list[float]:
     lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
     tx = steps.create_optimizer(config, lr_fn)
     model = models.create_model("resnet8", dtype=jnp.dtype(dtype))
-    mean, std = input_pipeline.NORMALIZATIONS["cifar"]
+    mean, std = datasets.NORMALIZATIONS["cifar"]
     mesh = parallel.create_mesh()
-    step = steps.make_train_fn(model, tx, lr_fn, mean, std, True, mesh, steps_per_call=2)
+    step = steps.make_train_fn(
+        model=model,
+        tx=tx,
+        learning_rate_fn=lr_fn,
+        mean=mean,
+        std=std,
+        augment=True,
+        mesh=mesh,
+        steps_per_call=2,
+    )
     state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
     losses = []

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from jresnet import datasets, input_pipeline, models
+from jresnet import datasets, models
 from jresnet.errors import ConfigError
 
 SCHEDULES = ("cosine_epoch", "cosine", "multistep", "constant")
@@ -90,7 +90,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems += _choice(config, "shortcut", ("A", "B"))
     problems += _choice(config, "weight_init", tuple(models.KERNEL_INITS))
     problems += _choice(config, "dataset", tuple(datasets.DATASETS))
-    problems += _choice(config, "normalization", tuple(input_pipeline.NORMALIZATIONS))
+    problems += _choice(config, "normalization", tuple(datasets.NORMALIZATIONS))
     problems += _choice(config, "dtype", DTYPES)
     problems += _choice(config, "schedule", SCHEDULES)
     for key in _POSITIVE_INTS:
