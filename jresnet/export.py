@@ -43,15 +43,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jresnet import datasets, errors, models
-from jresnet.errors import JresnetError
+from jresnet import datasets, errors, models, safe_files
+from jresnet.errors import ConfigError, JresnetError
 
 INPUT_LAYOUTS = ("NHWC", "NCHW")
 ONNX_EXTENSION = ".onnx"
 # ONNX 1.13 (2022). jax2onnx 0.13 writes ReduceMean with its axes as an input, which
-# opset 18 introduced; every current runtime reads it.
-DEFAULT_OPSET = 18
+# opset 18 introduced, whatever opset it is asked for: below 18 onnx.checker and
+# onnxruntime reject its models, so lower opsets are refused. The newest is the installed
+# onnx package's.
+MIN_OPSET = 18
+DEFAULT_OPSET = MIN_OPSET
 DEFAULT_PLATFORMS = "cpu,cuda"
+# The platforms jax.export lowers for (it accepts other names without complaint, for an
+# artifact nothing runs).
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 class ExportError(JresnetError, ValueError):
@@ -92,6 +98,38 @@ def _import_jax2onnx() -> Any:
     return jax2onnx
 
 
+def check_opset(opset: int) -> None:
+    """Raises `ConfigError` unless ONNX ``opset`` is one jresnet's exporter writes correctly."""
+    newest = _import_onnx().defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ConfigError(
+            f"--opset {opset} is not supported: it must be at least {MIN_OPSET} (the exporter "
+            f"writes opset-{MIN_OPSET} operators) and at most {newest} (installed onnx's newest)"
+        )
+
+
+def check_platforms(platforms: Sequence[str]) -> None:
+    """Raises `ConfigError` unless ``platforms`` is a non-empty list of `PLATFORMS`."""
+    if not platforms:
+        raise ConfigError(f"--platforms needs at least one of {', '.join(PLATFORMS)}")
+    for platform in platforms:
+        if platform not in PLATFORMS:
+            raise ConfigError(
+                f"--platforms: {platform!r} is not a jax.export platform; use one or more of "
+                f"{', '.join(PLATFORMS)}, comma-separated"
+            )
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as e:
+        raise ExportError(
+            "ONNX export needs the jax2onnx and onnx packages: pip install 'jresnet[export]'"
+        ) from e
+    return onnx
+
+
 def to_onnx(
     model: models.ResNet,
     variables: Mapping[str, Any],
@@ -102,9 +140,10 @@ def to_onnx(
     """The ONNX ``ModelProto`` of the eval function, input ``images``, output ``logits``.
 
     The batch dimension is dynamic (named ``batch``); ``metadata`` goes into the
-    model's ``metadata_props``.
+    model's ``metadata_props``. ``opset`` is at least `MIN_OPSET` (`check_opset`).
     """
     jax2onnx = _import_jax2onnx()
+    check_opset(opset)
     fn = eval_function(model, variables, input_layout)
     # jax2onnx 0.13's linen Conv plugin prints debugging lines to stdout, and its dm_pix
     # plugins (unused here) fail to import under jax 0.10 with logged tracebacks: keep both out.
@@ -135,7 +174,11 @@ def to_stablehlo(
     input_layout: str = "NHWC",
     platforms: Sequence[str] = ("cpu", "cuda"),
 ) -> bytes:
-    """The serialized `jax.export.Exported` of the eval function, batch dimension symbolic."""
+    """The serialized `jax.export.Exported` of the eval function, batch dimension symbolic.
+
+    ``platforms`` are some of `PLATFORMS` (`check_platforms`).
+    """
+    check_platforms(platforms)
     fn = eval_function(model, variables, input_layout)
     (batch,) = jax.export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct(_input_shape(input_layout, batch), jnp.float32)
@@ -156,18 +199,6 @@ def _metadata(normalization: str, dataset: str) -> dict[str, str]:
     }
 
 
-def _write(path: str, data: bytes) -> None:
-    """Writes ``data`` to a temporary file next to ``path``, then renames it."""
-    partial = f"{path}.partial"
-    try:
-        with open(partial, "wb") as f:
-            f.write(data)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
 def _main(argv: Sequence[str] | None) -> int:
     from jresnet import predict
 
@@ -179,27 +210,36 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("source", metavar="WORKDIR_OR_NAME", help="work directory or weights name")
     parser.add_argument("out", metavar="OUT", help="model.onnx, or e.g. model.jax.bin")
     parser.add_argument("--input_layout", choices=INPUT_LAYOUTS, default="NHWC")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least {MIN_OPSET}"
+    )
     parser.add_argument(
         "--platforms",
         default=DEFAULT_PLATFORMS,
-        help="jax.export platforms, comma-separated (cpu, cuda, tpu, rocm)",
+        help=f"jax.export platforms, comma-separated ({', '.join(PLATFORMS)})",
     )
     parser.add_argument("--cache_dir", help="where published weights are cached")
     args = parser.parse_args(argv)
 
     if os.path.exists(args.out):
         raise ExportError(f"{args.out} already exists; choose another output path")
+    safe_files.check_target(args.out)  # before the work: a missing directory, a planted link
+    onnx_out = args.out.lower().endswith(ONNX_EXTENSION)
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    if onnx_out:
+        check_opset(args.opset)
+    else:
+        check_platforms(platforms)
     model, variables, normalization, dataset = predict.load_source(args.source, args.cache_dir)
     shape = ", ".join(str(d) for d in _input_shape(args.input_layout, "batch"))
     metadata = _metadata(normalization, dataset)
-    if args.out.lower().endswith(ONNX_EXTENSION):
+    if onnx_out:
         proto = to_onnx(model, variables, args.input_layout, args.opset, metadata)
-        _write(args.out, proto.SerializeToString())
+        safe_files.write_bytes(args.out, proto.SerializeToString())
         what = f"ONNX (opset {args.opset})"
     else:
-        platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
-        _write(args.out, to_stablehlo(model, variables, args.input_layout, platforms))
+        artifact = to_stablehlo(model, variables, args.input_layout, platforms)
+        safe_files.write_bytes(args.out, artifact)
         what = f"jax.export StableHLO for {', '.join(platforms)}"
     print(
         f"Wrote {args.out}: {what}, input 'images' float32 [{shape}] ({args.input_layout}) "

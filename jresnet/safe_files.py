@@ -70,6 +70,23 @@ def refuse_symlink(path: str | os.PathLike[str]) -> None:
         raise OutputError(_symlink_message(os.fspath(path)))
 
 
+def check_target(path: str | os.PathLike[str]) -> None:
+    """Raises `OutputError` now if `atomic_writer` would surely fail for ``path`` later.
+
+    For commands that work a while before writing (export, convert): a symbolic link, a
+    directory, a missing or unwritable parent directory are refused before the work.
+    """
+    path = os.fspath(path)
+    refuse_symlink(path)
+    if os.path.isdir(path):
+        raise OutputError(f"can't write {path}: it is a directory; choose a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OutputError(_describe(path, OSError(errno.ENOENT, os.strerror(errno.ENOENT))))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(_describe(path, OSError(errno.EACCES, os.strerror(errno.EACCES))))
+
+
 def _temporary_path(path: str) -> str:
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")

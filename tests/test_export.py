@@ -14,6 +14,7 @@ import pytest
 
 from jresnet import checkpoint, datasets, export
 from jresnet.configs import default
+from jresnet.errors import ConfigError
 from tests.conftest import model_with_random_statistics
 
 onnx = pytest.importorskip("onnx")
@@ -114,3 +115,70 @@ def test_missing_exporter_names_the_extra(monkeypatch) -> None:
     model, variables = model_with_random_statistics("A")
     with pytest.raises(export.ExportError, match=r"jresnet\[export\]"):
         export.to_onnx(model, variables)
+
+
+def test_an_opset_below_18_is_refused_naming_the_minimum(tmp_path, capsys) -> None:
+    model, variables = model_with_random_statistics("A")
+    with pytest.raises(ConfigError, match=r"--opset 17.*at least 18"):
+        export.to_onnx(model, variables, opset=17)
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ConfigError, match=rf"at most {newest}"):
+        export.to_onnx(model, variables, opset=newest + 1)
+    workdir = workdir_with(tmp_path, model, variables)
+    for opset in ("13", "1"):
+        assert export.main([str(workdir), str(tmp_path / "m.onnx"), "--opset", opset]) == 2
+        assert "at least 18" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_lowest_accepted_opset_passes_the_checker_and_runs() -> None:
+    model, variables = model_with_random_statistics("A")
+    proto = export.to_onnx(model, variables, opset=export.MIN_OPSET)
+    onnx.checker.check_model(proto)
+    x = np.random.default_rng(5).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    ours = np.asarray(model.apply(variables, x, train=False))
+    np.testing.assert_allclose(run_onnx(proto, x), ours, atol=1e-4, rtol=0)
+
+
+def test_an_unknown_platform_is_refused(tmp_path, capsys) -> None:
+    model, variables = model_with_random_statistics("B")
+    with pytest.raises(ConfigError, match=r"'foo'.*cpu, cuda, rocm, tpu"):
+        export.to_stablehlo(model, variables, platforms=["cpu", "foo"])
+    workdir = workdir_with(tmp_path, model, variables)
+    assert export.main([str(workdir), str(tmp_path / "m.jax.bin"), "--platforms", "foo"]) == 2
+    assert "'foo'" in capsys.readouterr().err
+    assert export.main([str(workdir), str(tmp_path / "m.jax.bin"), "--platforms", ","]) == 2
+    assert "at least one" in capsys.readouterr().err
+    assert not (tmp_path / "m.jax.bin").exists()
+
+
+def test_an_output_in_a_missing_directory_is_one_line(tmp_path) -> None:
+    model, variables = model_with_random_statistics("B")
+    workdir = workdir_with(tmp_path, model, variables)
+    for name in ("x.onnx", "x.jax.bin"):
+        result = subprocess.run(
+            [sys.executable, "-m", "jresnet.export", str(workdir), str(tmp_path / "nodir" / name)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "does not exist; create it" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_planted_symlinks_at_the_output_are_never_written_through(tmp_path, capsys) -> None:
+    model, variables = model_with_random_statistics("B")
+    workdir = workdir_with(tmp_path, model, variables)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "m.jax.bin"
+    (tmp_path / "m.jax.bin.partial").symlink_to(victim)  # the old temporary name
+    assert export.main([str(workdir), str(out), "--platforms", "cpu"]) == 0
+    assert victim.read_text() == "precious"
+    assert jax.export.deserialize(bytearray(out.read_bytes())).platforms == ("cpu",)
+    dangling = tmp_path / "d.jax.bin"
+    dangling.symlink_to(tmp_path / "created-elsewhere")
+    assert export.main([str(workdir), str(dangling), "--platforms", "cpu"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert not (tmp_path / "created-elsewhere").exists()

@@ -139,3 +139,15 @@ def test_append_bytes_appends_and_a_failed_write_leaves_no_torn_record(tmp_path,
     with pytest.raises(OutputError, match="no space left"):
         safe_files.append_bytes(path, b'{"epoch": 3}\n')
     assert path.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+
+
+def test_check_target_refuses_before_any_work(tmp_path):
+    safe_files.check_target(tmp_path / "fine.onnx")  # nothing raised, nothing written
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(OutputError, match="does not exist; create it"):
+        safe_files.check_target(tmp_path / "nodir" / "x.onnx")
+    with pytest.raises(OutputError, match="is a directory"):
+        safe_files.check_target(tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="symbolic link"):
+        safe_files.check_target(tmp_path / "link")
