@@ -83,19 +83,23 @@ class InterruptedRun(JresnetError):
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
-    """Runs a command line's ``main``: `JresnetError` -> message and its exit code.
+    """Runs a command line's ``main``: `JresnetError` -> ``error: message`` and its exit code.
 
-    Ctrl-C ends with `EXIT_INTERRUPTED` and a one-line message; any other exception
+    A stop that was asked for (`InterruptedRun`, Ctrl-C) prints ``stopped: ...`` and ends
+    with `EXIT_INTERRUPTED`; any other exception
     propagates with its traceback (it is a bug, not the user's mistake).
     """
     try:
         return main() or EXIT_OK
+    except InterruptedRun as e:  # asked for, not a mistake: "stopped", not "error"
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     except JresnetError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
         print(
-            "interrupted; rerun the same command to resume from the last checkpoint",
+            "stopped: interrupted; rerun the same command to resume from the last checkpoint",
             file=sys.stderr,
             flush=True,
         )
