@@ -1,6 +1,7 @@
 """Reads the files of a directory or a tar archive into memory, checked and bounded.
 
-Used by `jresnet.prepare_data` on sources it did not make. What it guarantees:
+Used by `jresnet.sources` on sources it did not make; problems raise `errors.DataError`.
+What it guarantees:
 
 - **Whole archives or an error.** `tarfile` treats a corrupt member header as the end of the
   archive and never reads a compressed archive to its end, so a damaged ``.tar.gz`` would
@@ -25,16 +26,12 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from jresnet.errors import JresnetError
+from jresnet.errors import DataError
 
 # Read errors of damaged archives: tarfile's own, gzip's (BadGzipFile is an OSError, a stream
 # that stops early an EOFError), zlib's, xz's; bz2 raises OSError.
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 _DRAIN_CHUNK = 1 << 20
-
-
-class ArchiveError(JresnetError, ValueError):
-    """A source that cannot be read whole, or holds a file over its size limit."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +59,7 @@ def read_files(path: Path, limit: Callable[[str], int | None], total_limit: int)
       total_limit: the largest number of bytes read in all.
 
     Raises:
-      ArchiveError: ``path`` is not a tar archive, cannot be read to its end (truncated,
+      DataError: ``path`` is not a tar archive, cannot be read to its end (truncated,
         corrupt, bad checksum), or holds a file larger than its limit.
     """
     reader = _Reader(path, limit, total_limit)
@@ -96,13 +93,13 @@ class _Reader:
             self.skipped.append(name)
             return False
         if size > limit:
-            raise ArchiveError(
+            raise DataError(
                 f"{self.path}: {name} is {size:,} bytes, over the {limit:,}-byte limit for such "
                 "a file; this is not the file the layout expects (refusing to read it)."
             )
         self.total += size
         if self.total > self.total_limit:
-            raise ArchiveError(
+            raise DataError(
                 f"{self.path}: its files add up to more than {self.total_limit:,} bytes, far "
                 "more than any CIFAR release; refusing to read further."
             )
@@ -124,7 +121,7 @@ class _Reader:
         try:
             tar = tarfile.open(self.path, "r:*", tarinfo=_recording_tarinfo(header_errors))
         except tarfile.ReadError as e:
-            raise ArchiveError(
+            raise DataError(
                 f"{self.path} is neither a directory nor a tar archive (.tar, .tar.gz) that can "
                 f"be read ({e}); expected cifar-10-python.tar.gz, cifar-10-binary.tar.gz or an "
                 "image-folder tree."
@@ -171,8 +168,8 @@ class _Reader:
                     "header, or several archives glued together"
                 )
 
-    def damaged(self, error: BaseException) -> ArchiveError:
-        return ArchiveError(
+    def damaged(self, error: BaseException) -> DataError:
+        return DataError(
             f"{self.path} cannot be read to its end: it is truncated or corrupt ({error}). "
             "Download or copy it again."
         )

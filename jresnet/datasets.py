@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from jresnet.errors import JresnetError
+from jresnet.errors import ConfigError
 
 _CIFAR10_LABELS = (
     "airplane",
@@ -61,10 +61,6 @@ NORMALIZATIONS: Mapping[str, tuple[tuple[float, float, float], tuple[float, floa
     # (the training configs in that repository's logs/cifar100/resnet*/default.log).
     "cifar100": ((0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761)),
 }
-
-
-class UnknownDatasetError(JresnetError, ValueError):
-    """A dataset name that is not in `DATASETS`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +114,7 @@ DATASETS: Mapping[str, Dataset] = {
 
 
 def get(name: str) -> Dataset:
-    """The `Dataset` called ``name``; `UnknownDatasetError` names the known ones."""
+    """The `Dataset` called ``name``; `errors.ConfigError` names the known ones."""
     if name not in DATASETS:
-        raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
     return DATASETS[name]

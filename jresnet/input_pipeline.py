@@ -5,7 +5,7 @@ labels int32 ``[N]``. Augmentation and normalisation run batched inside the jitt
 an explicit PRNG key, and produce float32 ``[B, 32, 32, 3]``.
 
 Data is read with ``tfds.data_source`` (array_record, no TensorFlow). This module never
-downloads: a dataset that is not prepared raises :class:`DatasetNotFoundError`, which says how
+downloads: a dataset that is not prepared raises `errors.DataError`, which says how
 to prepare it offline with ``python -m jresnet.prepare_data``. Downloading is the entry
 point's decision (`jresnet.main`, with `unprepared_root` and `not_prepared`).
 """
@@ -22,21 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf.message import DecodeError
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
 from jresnet import datasets
-from jresnet.errors import JresnetError
+from jresnet.errors import ConfigError, DataError
 
 PADDING = 4  # pixels of zero padding around each side before the random 32x32 crop
-
-
-class DataError(JresnetError, ValueError):
-    """A split or dataset size the run can't use; the message says what to change."""
-
-
-class DatasetNotFoundError(JresnetError, RuntimeError):
-    """The dataset is not prepared (in array_record format) in the data directory."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +46,12 @@ class Splits:
 # Loading.
 
 
-def _not_found(
-    dataset: str, builder: tfds.core.DatasetBuilder, reason: str
-) -> DatasetNotFoundError:
+def _not_found(dataset: str, builder: tfds.core.DatasetBuilder, reason: str) -> DataError:
     """The error for a dataset that can't be read, ``reason`` saying why, and how to prepare
     it offline."""
     root = builder.data_dir_root
     flag = "" if dataset == "cifar10" else f" --dataset {dataset}"
-    return DatasetNotFoundError(
+    return DataError(
         f"{dataset} {builder.version} {reason} in data_dir {root} (looked in {builder.data_dir}). "
         "Prepare it offline from a local copy with\n"
         f"  python -m jresnet.prepare_data --from PATH --data_dir {root}{flag}\n"
@@ -83,23 +74,58 @@ def unprepared_root(dataset: str, data_dir: str | os.PathLike | None) -> str | N
     return None if builder.is_prepared() else os.fspath(builder.data_dir_root)
 
 
-def not_prepared(
-    dataset: str, data_dir: str | os.PathLike | None, reason: str
-) -> DatasetNotFoundError:
-    """`DatasetNotFoundError` for ``dataset`` in ``data_dir``: it ``reason`` (e.g. "is not
+def not_prepared(dataset: str, data_dir: str | os.PathLike | None, reason: str) -> DataError:
+    """`DataError` for ``dataset`` in ``data_dir``: it ``reason`` (e.g. "is not
     prepared and can't be downloaded (...)"), and how to prepare it offline."""
     return _not_found(dataset, _builder(dataset, data_dir), reason)
 
 
-def _parse_record(record: bytes) -> tuple[bytes, int]:
-    """(encoded image, label) of one serialised TFDS example (a ``tf.train.Example`` proto)."""
-    features = tf_example_pb2.Example.FromString(record).features.feature
+def _parse_record(record: bytes, where: str) -> tuple[bytes, int]:
+    """(encoded image, label) of one serialised TFDS example (a ``tf.train.Example`` proto);
+    `DataError` naming ``where`` (the file it was read from) if it is not one."""
+    try:
+        features = tf_example_pb2.Example.FromString(record).features.feature
+    except DecodeError as e:
+        raise DataError(f"{where}: a damaged record, not a TFDS example ({e}).") from e
     try:
         return features["image"].bytes_list.value[0], features["label"].int64_list.value[0]
     except (KeyError, IndexError) as e:
-        raise ValueError(
-            f"Record without an image and a label: features {sorted(features)}."
+        raise DataError(
+            f"{where}: Record without an image and a label: features {sorted(features)}. The "
+            "file is damaged: prepare the dataset again (python -m jresnet.prepare_data "
+            "--overwrite)."
         ) from e
+
+
+# What reading damaged array_record files and decoding damaged images raise: array_record's
+# RuntimeError ("Corrupted Riegeli/records file"), PIL's errors, and a wrong image shape.
+_DAMAGED_ERRORS = (RuntimeError, OSError, ValueError, SyntaxError, EOFError)
+
+
+def _damaged(files: str, dataset: str, error: BaseException) -> DataError:
+    return DataError(
+        f"{files}: damaged {dataset} data ({error}). Prepare the dataset again "
+        "(python -m jresnet.prepare_data --from PATH --data_dir DIR --overwrite)."
+    )
+
+
+def _read_examples(source, files: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every example of a ``tfds.data_source`` of raw records: uint8 images, int32 labels."""
+    n = len(source)
+    images = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    labels = np.empty((n,), dtype=np.int32)
+    try:
+        # Raw records, parsed and PNG-decoded here: 3.3 s for the 50k train split against
+        # 4.9 s through TFDS's per-example deserialise-and-decode (measured on 2 CPU cores).
+        records = source.__getitems__(list(range(n))) if n else []
+        for i, record in enumerate(records):
+            image_bytes, labels[i] = _parse_record(record, files)
+            images[i] = np.asarray(Image.open(io.BytesIO(image_bytes)))
+    except DataError:
+        raise
+    except _DAMAGED_ERRORS as e:
+        raise _damaged(files, dataset, e) from e
+    return images, labels
 
 
 def load_split(
@@ -120,9 +146,10 @@ def load_split(
       cifar100), in the split's stored order.
 
     Raises:
-      ValueError: unknown dataset, or a split string TFDS rejects (the message names the split
+      ConfigError: unknown dataset, or a split string TFDS rejects (the message names the split
         and the available splits).
-      DatasetNotFoundError: the dataset is not prepared in array_record format in ``data_dir``.
+      DataError: the dataset is not prepared in array_record format in ``data_dir``, or its
+        files are damaged (the message names them).
     """
     builder = _builder(dataset, data_dir)
     data_dir = os.fspath(data_dir) if data_dir else None
@@ -137,26 +164,28 @@ def load_split(
             download=False,
             deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
         )
-        n = len(source)
+        len(source)  # a slice TFDS can't resolve, e.g. "train[5:3]", fails here
     except NotImplementedError as e:  # prepared, but not in a random-access format
         raise _not_found(dataset, builder, "is not in array_record format") from e
     except ValueError as e:
         available = ", ".join(
             f"{name} ({info.num_examples} examples)" for name, info in builder.info.splits.items()
         )
-        raise DataError(
+        raise ConfigError(
             f"Bad split {split!r} for {dataset}: {e} Available splits: {available}. Slices look "
             "like 'train[:45000]' or 'train[90%:]'."
         ) from e
-    # Raw records, parsed and PNG-decoded here: 3.3 s for the 50k train split against 4.9 s
-    # through TFDS's per-example deserialise-and-decode (measured on 2 CPU cores).
-    records = source.__getitems__(list(range(n))) if n else []
-    images = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    labels = np.empty((n,), dtype=np.int32)
-    for i, record in enumerate(records):
-        image_bytes, labels[i] = _parse_record(record)
-        images[i] = np.asarray(Image.open(io.BytesIO(image_bytes)))
-    return images, labels
+    except RuntimeError as e:  # array_record refuses a damaged file when it opens it
+        raise _damaged(_split_files(builder, split), dataset, e) from e
+    return _read_examples(source, _split_files(builder, split), dataset)
+
+
+def _split_files(builder: tfds.core.DatasetBuilder, split: str) -> str:
+    """The paths of the files ``split`` is read from, comma-separated (for messages)."""
+    paths = dict.fromkeys(
+        os.fspath(f.filename) for f in builder.info.splits[split].file_instructions
+    )
+    return ", ".join(paths)
 
 
 def load_splits(config: ml_collections.ConfigDict) -> Splits:

@@ -16,6 +16,7 @@ import ml_collections
 
 from jresnet import errors, evaluate, input_pipeline, parallel, prepare_data, train
 from jresnet.configs import checks
+from jresnet.errors import DataError
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -28,7 +29,7 @@ def prepare_if_missing(dataset: str, data_dir: str | None) -> None:
     """Downloads the official archive of ``dataset`` and prepares it in ``data_dir`` (TFDS's
     default for None or "") unless it is prepared there already.
 
-    Offline, or when the archive is bad, raises `input_pipeline.DatasetNotFoundError`, which
+    Offline, or when the archive is bad, raises `errors.DataError`, which
     says how to prepare the dataset from a local copy; nothing is left in ``data_dir``.
     """
     root = input_pipeline.unprepared_root(dataset, data_dir)
@@ -36,7 +37,7 @@ def prepare_if_missing(dataset: str, data_dir: str | None) -> None:
         return
     try:
         prepare_data.download_and_prepare(dataset, root)
-    except (OSError, prepare_data.PrepareError) as e:
+    except (OSError, DataError) as e:
         reason = f"is not prepared and can't be downloaded ({e})"
         raise input_pipeline.not_prepared(dataset, data_dir, reason) from e
 

@@ -34,8 +34,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jresnet import models, prepare_data  # noqa: E402
+from jresnet import models  # noqa: E402
 from jresnet.configs import default  # noqa: E402
+from jresnet.testing import tiny_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def data_dir(tmp_path_factory) -> str:
         images[..., 0] = np.clip(images[..., 0] // 2 + 12 * labels[:, None, None], 0, 255)
         return images, labels
 
-    prepare_data.write_dataset(str(path), "cifar10", {"train": split(64), "test": split(40)})
+    tiny_data.write_dataset(str(path), "cifar10", {"train": split(64), "test": split(40)})
     return str(path)
 
 

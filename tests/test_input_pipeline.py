@@ -10,7 +10,8 @@ import pytest
 
 from jresnet import datasets
 from jresnet import input_pipeline as ip
-from jresnet.prepare_data import write_dataset
+from jresnet.errors import DataError
+from jresnet.testing.tiny_data import write_dataset
 
 MEAN, STD = datasets.NORMALIZATIONS["cifar"]
 
@@ -82,8 +83,33 @@ def test_load_split_never_downloads(tmp_path, monkeypatch):
         raise AssertionError("load_split went to the network")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    with pytest.raises(ip.DatasetNotFoundError, match="is not prepared"):
+    with pytest.raises(DataError, match="is not prepared"):
         ip.load_split("cifar10", "train", tmp_path)
+
+
+def damage(data_dir, split: str, how: str) -> str:
+    """Damages the array_record file of ``split`` in ``data_dir``; returns its path.
+
+    ``how``: "flipped" inverts 40 bytes at its start (array_record's checksums catch it);
+    "truncated" keeps its first half (what is left parses as records without images).
+    """
+    (path,) = (data_dir / "cifar10" / "3.0.2").glob(f"cifar10-{split}.array_record-*")
+    data = bytearray(path.read_bytes())
+    if how == "flipped":
+        data[200:240] = bytes(255 - b for b in data[200:240])
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated"])
+def test_a_damaged_split_is_a_data_error_naming_the_file(tmp_path, how):
+    write_dataset(tmp_path, "cifar10", {"train": (random_images(16, 0), np.arange(16) % 10)})
+    path = damage(tmp_path, "train", how)
+    with pytest.raises(DataError, match="damaged") as info:
+        ip.load_split("cifar10", "train", tmp_path)
+    assert path in str(info.value)
 
 
 def test_load_split_without_download_never_touches_the_network(tmp_path, monkeypatch):
@@ -92,7 +118,7 @@ def test_load_split_without_download_never_touches_the_network(tmp_path, monkeyp
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    with pytest.raises(ip.DatasetNotFoundError, match="is not prepared in data_dir"):
+    with pytest.raises(DataError, match="is not prepared in data_dir"):
         ip.load_split("cifar10", "train", tmp_path)
 
 

@@ -6,6 +6,7 @@ checkpoint, and the error cases (clear message, non-zero exit, nothing lost).
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from jresnet import checkpoint, errors, input_pipeline, main
 from tests.conftest import REPO, TINY, tiny_config, train_command
+from tests.test_input_pipeline import damage
 
 _config = tiny_config
 
@@ -178,7 +180,7 @@ def test_missing_dataset_offline_fails_fast_and_says_how_to_prepare(tmp_path, mo
     monkeypatch.setattr(socket.socket, "connect", offline)
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     start = time.perf_counter()
-    with pytest.raises(input_pipeline.DatasetNotFoundError) as info:
+    with pytest.raises(errors.DataError) as info:
         main.prepare_if_missing("cifar10", str(tmp_path))
     assert time.perf_counter() - start < 10
     message = str(info.value)
@@ -186,6 +188,15 @@ def test_missing_dataset_offline_fails_fast_and_says_how_to_prepare(tmp_path, mo
     assert f"python -m jresnet.prepare_data --from PATH --data_dir {tmp_path}" in message
     assert "cifar-10-python.tar.gz" in message and "cifar-10-binary.tar.gz" in message
     assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_a_damaged_dataset_exits_2_naming_the_file(tmp_path, data_dir, capsys):
+    copy = tmp_path / "tfds"
+    shutil.copytree(data_dir, copy)
+    path = damage(copy, "test", "flipped")
+    assert main.run(_config(str(copy)), str(tmp_path / "run")) == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and path in err and "Traceback" not in err
 
 
 def test_workdir_that_is_a_file_is_refused_and_kept(tmp_path, data_dir, capsys):

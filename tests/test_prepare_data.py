@@ -17,7 +17,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jresnet import datasets, input_pipeline, prepare_data
-from jresnet.prepare_data import PrepareError, fine_to_coarse, prepare, write_dataset
+from jresnet.cifar_format import fine_to_coarse
+from jresnet.errors import DataError
+from jresnet.prepare_data import prepare
+from jresnet.testing.tiny_data import write_dataset
 from tests.conftest import run_module
 
 CIFAR10_LABELS = datasets.get("cifar10").label_names
@@ -259,30 +262,6 @@ def test_written_dataset_matches_the_stock_builder(tmp_path, dataset):
     ]
 
 
-def test_write_dataset_refuses_to_overwrite_unless_asked(tmp_path):
-    write_dataset(tmp_path, "cifar10", {"train": fake_split(10, 1, 6)})
-    replacement = {"train": fake_split(10, 2, 7)}
-    with pytest.raises(PrepareError, match="already exists"):
-        write_dataset(tmp_path, "cifar10", replacement)
-    write_dataset(tmp_path, "cifar10", replacement, overwrite=True)
-    assert_dataset_equals(tmp_path, "cifar10", replacement)
-    assert [p.name for p in tmp_path.iterdir()] == ["cifar10"]  # no staging left behind
-
-
-@pytest.mark.parametrize(
-    ("images", "labels", "match"),
-    [
-        (np.zeros((2, 32, 32, 3), np.float32), [0, 1], "uint8"),
-        (np.zeros((2, 28, 28, 3), np.uint8), [0, 1], r"\[N, 32, 32, 3\]"),
-        (np.zeros((2, 32, 32, 3), np.uint8), [0, 10], r"0\.\.9"),
-        (np.zeros((2, 32, 32, 3), np.uint8), [0], "labels for 2 images"),
-    ],
-)
-def test_write_dataset_validates_arrays(tmp_path, images, labels, match):
-    with pytest.raises(PrepareError, match=match):
-        write_dataset(tmp_path, "cifar10", {"train": (images, np.array(labels))})
-
-
 # --------------------------------------------------------------------------
 # Errors.
 
@@ -293,34 +272,34 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(PrepareError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         prepare(tmp_path / "nope.tar.gz", tmp_path / "tfds", log=lambda _: None)
 
 
 def test_not_an_archive(tmp_path):
     (tmp_path / "cifar.zip").write_bytes(b"not a tar")
-    with pytest.raises(PrepareError, match="neither a directory nor a tar archive"):
+    with pytest.raises(DataError, match="neither a directory nor a tar archive"):
         prepare(tmp_path / "cifar.zip", tmp_path / "tfds", log=lambda _: None)
 
 
 def test_unrecognised_layout(tmp_path):
     (tmp_path / "src" / "images").mkdir(parents=True)
     (tmp_path / "src" / "images" / "a.png").write_bytes(b"x")
-    with pytest.raises(PrepareError, match="Unrecognised layout"):
+    with pytest.raises(DataError, match="Unrecognised layout"):
         prepare(tmp_path / "src", tmp_path / "tfds", log=lambda _: None)
 
 
 def test_wrong_number_of_class_folders(tmp_path):
     splits = {"train": fake_split(3, 1, 8), "test": fake_split(3, 1, 9)}
     image_tree(tmp_path / "tree", splits)
-    with pytest.raises(PrepareError, match=r"Found 3 class folders.*10 \(cifar10\)"):
+    with pytest.raises(DataError, match=r"Found 3 class folders.*10 \(cifar10\)"):
         prepare(tmp_path / "tree", tmp_path / "tfds", "cifar10", log=lambda _: None)
 
 
 def test_class_folders_differ_between_splits(tmp_path):
     image_tree(tmp_path / "tree")
     (tmp_path / "tree" / "test" / "truck").rename(tmp_path / "tree" / "test" / "lorry")
-    with pytest.raises(PrepareError, match="differ between train"):
+    with pytest.raises(DataError, match="differ between train"):
         prepare(tmp_path / "tree", tmp_path / "tfds", log=lambda _: None)
 
 
@@ -335,7 +314,7 @@ def test_class_folders_differ_between_splits(tmp_path):
 def test_images_must_be_32x32_rgb(tmp_path, bad, match):
     image_tree(tmp_path / "tree")
     save_png(tmp_path / "tree" / "train" / "cat" / "bad.png", bad)
-    with pytest.raises(PrepareError, match=rf"train/cat/bad\.png: a {match} image"):
+    with pytest.raises(DataError, match=rf"train/cat/bad\.png: a {match} image"):
         prepare(tmp_path / "tree", tmp_path / "tfds", log=lambda _: None)
 
 
@@ -345,13 +324,13 @@ def test_malformed_python_tarball(tmp_path):
         add_file(tar, "cifar-10-batches-py/batches.meta", py2_pickle(meta))
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             add_file(tar, f"cifar-10-batches-py/{name}", py2_pickle({"batch_label": "x"}))
-    with pytest.raises(PrepareError, match="cifar-10-python but is malformed"):
+    with pytest.raises(DataError, match="cifar-10-python but is malformed"):
         prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "tfds", log=lambda _: None)
 
 
 def test_source_of_another_dataset(tmp_path):
     source = binary_tarball(tmp_path / "cifar-10-binary.tar.gz")
-    with pytest.raises(PrepareError, match="not cifar100"):
+    with pytest.raises(DataError, match="not cifar100"):
         prepare(source, tmp_path / "tfds", "cifar100", log=lambda _: None)
 
 
@@ -399,7 +378,7 @@ def test_download_and_prepare_checks_md5_and_writes_the_dataset(tmp_path, monkey
     url = datasets.get("cifar10").url
     cifar10 = datasets.get("cifar10")  # the tiny_release one
     monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(cifar10, md5="0" * 32))
-    with pytest.raises(prepare_data.PrepareError, match="MD5"):
+    with pytest.raises(DataError, match="MD5"):
         prepare_data.download_and_prepare("cifar10", tmp_path / "bad", log=lambda _: None)
     assert not (tmp_path / "bad").exists()
 
