@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jresnet import errors
+from jresnet import errors, safe_files
 from jresnet.torch_layouts import (
     CHENYAOFO,
     DATA_PARALLEL_PREFIX,
@@ -247,18 +247,15 @@ def save_state_dict_file(state_dict: Mapping[str, Any], path: str | os.PathLike[
             f"{', '.join((*TORCH_EXTENSIONS, SAFETENSORS_EXTENSION))}"
         )
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
-    partial = f"{path}.partial{ext}"  # not mkstemp: the file gets the umask's permissions
-    try:
+    # Through safe_files: both formats get mode 0o644 less the umask (safetensors' own
+    # save_file gives 0o600), and a symlink planted at ``path`` is refused.
+    with safe_files.atomic_writer(path) as f:
         if ext == SAFETENSORS_EXTENSION:
             # "format": "pt" tells Hugging Face tools these are PyTorch-layout tensors.
-            _import_safetensors().save_file(arrays, partial, metadata={"format": "pt"})
+            f.write(_import_safetensors().save(arrays, metadata={"format": "pt"}))
         else:
             torch = import_torch()
-            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)
 
 
 # --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -524,3 +525,15 @@ def test_init_from_a_nan_checkpoint_is_refused(tmp_path) -> None:
     config.model = "resnet8"
     with pytest.raises(convert.ConversionError, match=r"linear\.bias \(0 NaN, 1 inf"):
         weights.load(str(tmp_path / "nan.pth"), config)
+
+
+@requires_torch
+def test_safetensors_and_pth_outputs_get_the_same_mode_644_less_umask(tmp_path) -> None:
+    pytest.importorskip("safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    state_dict = convert.flax_to_torch(random_variables("A"))
+    for name in ("w.safetensors", "w.pth"):
+        convert.save_state_dict_file(state_dict, tmp_path / name)
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644 & ~umask, name
+    assert sorted(os.listdir(tmp_path)) == ["w.pth", "w.safetensors"]
