@@ -1,9 +1,12 @@
 """jresnet.configs.checks: every unusable value is named before any data is read."""
 
+import subprocess
+
 import pytest
 
 from jresnet.configs import checks, default
 from jresnet.errors import ConfigError
+from tests.conftest import train_command
 
 
 @pytest.mark.parametrize(
@@ -18,6 +21,8 @@ from jresnet.errors import ConfigError
         ("shortcut", "C", "--config.shortcut"),
         ("learning_rate", float("nan"), "--config.learning_rate"),
         ("seed", -1, "--config.seed must be an integer >= 0"),
+        ("seed", 2**63, r"--config.seed must be an integer >= 0 and <= 2\*\*63 - 1"),
+        ("batch_size", 2**64, r"--config.batch_size must be a positive integer \(at most"),
         ("checkpoints_to_keep", -5, "--config.checkpoints_to_keep must be a positive integer"),
         ("dtype", "float16", "--config.dtype"),
         ("coordinator_timeout_s", 0, "--config.coordinator_timeout_s"),
@@ -39,6 +44,23 @@ def test_multistep_boundaries_must_be_increasing_step_numbers(boundaries):
     config.lr_boundaries = boundaries
     with pytest.raises(ConfigError, match=r"--config.lr_boundaries must be increasing"):
         checks.validate(config)
+
+
+def test_one_problem_is_one_line_and_a_huge_seed_exits_2_without_a_traceback(tmp_path):
+    config = default.get_config()
+    config.seed = 2**63
+    with pytest.raises(ConfigError) as caught:
+        checks.validate(config)
+    assert "\n" not in str(caught.value)
+    result = subprocess.run(
+        train_command(tmp_path / "w", seed=2**63),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--config.seed must be an integer >= 0" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_shipped_configs_are_valid():

@@ -53,6 +53,8 @@ _POSITIVE_INTS = (
     "coordinator_timeout_s",
 )
 _NON_NEGATIVE_INTS = ("seed", "warmup_steps")
+# Integers become C int64s (jax.random.key's seed, step counters): larger ones overflow.
+MAX_INT = 2**63 - 1
 _NON_NEGATIVE_NUMBERS = ("learning_rate", "momentum", "weight_decay", "warmup_learning_rate")
 
 
@@ -95,12 +97,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems += _choice(config, "schedule", SCHEDULES)
     for key in _POSITIVE_INTS:
         value = config.get(key)
-        if not _is_int(value) or value <= 0:
-            problems.append(f"--config.{key} must be a positive integer, got {value!r}")
+        if not _is_int(value) or not 0 < value <= MAX_INT:
+            problems.append(
+                f"--config.{key} must be a positive integer (at most 2**63 - 1), got {value!r}"
+            )
     for key in _NON_NEGATIVE_INTS:
         value = config.get(key)
-        if not _is_int(value) or value < 0:
-            problems.append(f"--config.{key} must be an integer >= 0, got {value!r}")
+        if not _is_int(value) or not 0 <= value <= MAX_INT:
+            problems.append(
+                f"--config.{key} must be an integer >= 0 and <= 2**63 - 1, got {value!r}"
+            )
     for key in _NON_NEGATIVE_NUMBERS:
         value = config.get(key)
         if (
@@ -115,6 +121,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if config.get("warmup_steps", 0) and not config.get("warmup_learning_rate"):
             problems.append("--config.warmup_learning_rate must be > 0 with warmup_steps")
     if problems:
+        if len(problems) == 1:
+            raise ConfigError(f"invalid config: {problems[0]}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
