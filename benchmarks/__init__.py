@@ -8,6 +8,8 @@
 * `benchmarks.report`: ``RESULTS.md`` and ``RESULTS.json`` from the collected runs.
 * `benchmarks.machine`: the machine, the package versions, the background load.
 * `benchmarks.timing`: timing helpers.
-* `benchmarks.torch_seed`: the seed's training in PyTorch, the reference.
+* `benchmarks.torch_seed`: the seed's training in PyTorch, the reference; its whole
+  200-epoch run, resumable exactly (`benchmarks.torch_checkpoint`: its checkpoint file).
+* `benchmarks.seed_recipe`: snapshots of the two 200-epoch runs and ``results/README.md``.
 * `benchmarks.weight_gradient`: ways to write a 3x3 weight gradient on XLA:CPU.
 """

@@ -1,0 +1,512 @@
+"""The seed's 200-epoch recipe, jresnet against the seed's PyTorch loop: snapshots and report.
+
+Layout under a results directory (``results/`` in the repository)::
+
+    RESULTS/seed-recipe/jresnet/metrics.jsonl   jresnet's per-epoch records (train.py)
+    RESULTS/seed-recipe/jresnet/run-info.json   config, commit, versions, machine, timing
+    RESULTS/seed-recipe/jresnet/resnet20.safetensors   final weights (seed layout), when done
+    RESULTS/seed-recipe/pytorch/...             the same for benchmarks/torch_seed.py
+    RESULTS/seed-recipe/curves.png              both runs' test accuracy and training loss
+    RESULTS/README.md                           the table, written from the files above
+
+Command lines::
+
+    python -m benchmarks.seed_recipe snapshot NAME WORKDIR --clone CLONE --venv VENV \\
+        --command "THE COMMAND THAT RUNS IT" [--results results] [--data_dir DIR]
+    python -m benchmarks.seed_recipe report [RESULTS] [--readme README.md]
+
+``snapshot`` only reads ``WORKDIR``, ``CLONE`` (the pinned clone that runs the code) and
+``VENV``: it copies the complete records of ``WORKDIR/metrics.jsonl`` and writes
+``run-info.json`` with the run's config (from jresnet's newest checkpoint, or
+``config.json`` of a `benchmarks.torch_seed` work directory), ``git -C CLONE rev-parse
+HEAD``, the package versions of ``VENV``, this machine's CPU model and core count, the
+training time summed over the records and the median images/s. When a jresnet run has
+finished, it also exports its final weights with ``python -m jresnet.convert WORKDIR
+OUT.safetensors`` and evaluates that file on the test split with ``train.py
+--config.eval_only=True --config.init_from=OUT.safetensors`` (both with ``VENV`` in
+``CLONE``), recording whether its accuracy equals the last record's.
+
+``report`` writes ``curves.png`` and ``README.md`` (and, with ``--readme``, the same table
+between the ``seed-recipe-table`` markers of that file); an unfinished run is marked
+"running: E/N epochs". Every number comes from the files; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from benchmarks import machine
+from jresnet.errors import ConfigError, OutputError, run_cli
+
+SUBDIR = "seed-recipe"
+METRICS_FILE = "metrics.jsonl"  # jresnet.reporting.METRICS_FILE (not imported: it loads JAX)
+RUN_INFO_FILE = "run-info.json"
+CURVES_FILE = "curves.png"
+README_FILE = "README.md"
+WEIGHTS_FILE = "resnet20.safetensors"
+TABLE_START = "<!-- seed-recipe-table:start -->"
+TABLE_END = "<!-- seed-recipe-table:end -->"
+# The runs the report knows, in table order: directory name -> label.
+RUNS = {"jresnet": "jresnet (JAX/Flax)", "pytorch": "the seed's PyTorch loop"}
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow-datasets",
+    "numpy",
+    "torch",
+)
+DATA = (
+    "the JPEG copy of CIFAR-10 (`../shared/data/cifar10_jpeg.tar.gz`: every official image "
+    "re-encoded as JPEG quality 75), prepared with `python -m jresnet.prepare_data`; "
+    "not the official pixels"
+)
+# An accuracy equal "within float rounding": at most this many test images apart.
+WEIGHTS_TOLERANCE_IMAGES = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a run.
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """The complete JSON lines of a ``metrics.jsonl`` (a torn last line of a live run is
+    left out); [] if there is no file."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def read_run_config(workdir: str) -> tuple[str, dict[str, Any]]:
+    """``(implementation, config)`` of a work directory: ``"pytorch"`` with the
+    ``config.json`` of `benchmarks.torch_seed`, or ``"jresnet"`` with the config of its newest
+    checkpoint (read as the JSON file Orbax wrote, without opening a checkpoint manager)."""
+    torch_config = os.path.join(workdir, "config.json")
+    if os.path.exists(torch_config):
+        with open(torch_config) as f:
+            return "pytorch", json.load(f)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = (
+        sorted((int(name) for name in os.listdir(checkpoints) if name.isdigit()), reverse=True)
+        if os.path.isdir(checkpoints)
+        else []
+    )
+    for step in steps:
+        path = os.path.join(checkpoints, str(step), "config", "metadata")
+        if os.path.exists(path):
+            with open(path) as f:
+                return "jresnet", json.load(f)
+    raise ConfigError(
+        f"{workdir} holds neither a config.json (benchmarks.torch_seed) nor a jresnet checkpoint "
+        "yet; snapshot it after its first epoch"
+    )
+
+
+def summarize(records: Sequence[Mapping[str, Any]], num_epochs: int) -> dict[str, Any]:
+    """What the table shows of a run's records: final and best test accuracy, the epoch of
+    the best, epochs done, whether it finished, training time (the records' ``epoch_time_s``
+    summed) and the median images/s."""
+    if not records:
+        return {"epochs_done": 0, "num_epochs": num_epochs, "finished": False}
+    best = max(records, key=lambda r: r["eval_accuracy"])  # the first of equal bests
+    return {
+        "epochs_done": records[-1]["epoch"],
+        "num_epochs": num_epochs,
+        "finished": records[-1]["epoch"] >= num_epochs,
+        "final_eval_accuracy": records[-1]["eval_accuracy"],
+        "best_eval_accuracy": best["eval_accuracy"],
+        "best_epoch": best["epoch"],
+        "eval_count": records[-1]["eval_count"],
+        "train_time_s": sum(r["epoch_time_s"] for r in records),
+        "images_per_s_median": statistics.median(r["images_per_s"] for r in records),
+    }
+
+
+def _run(command: Sequence[str], cwd: str | None = None) -> str:
+    """``command``'s stdout; `ConfigError` with its last stderr line if it fails. Python
+    writes no bytecode (the clone and the venv of a live run are only read)."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ConfigError(
+            f"`{' '.join(command)}` failed (exit {result.returncode}): "
+            f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}"
+        )
+    return result.stdout
+
+
+_VERSIONS_SCRIPT = """
+import json, platform
+from importlib import metadata
+out = {"python": platform.python_version()}
+for name in %r:
+    try:
+        out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+print(json.dumps(out))
+"""
+
+
+def venv_versions(venv: str) -> dict[str, str]:
+    """Python's and `PACKAGES`' versions in the virtual environment ``venv``."""
+    python = os.path.join(venv, "bin", "python")
+    return json.loads(_run([python, "-c", _VERSIONS_SCRIPT % (PACKAGES,)]))
+
+
+def export_and_check_weights(
+    workdir: str, clone: str, venv: str, out_path: str, data_dir: str, final: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Exports a finished jresnet run's final weights to ``out_path`` (seed layout,
+    safetensors; kept if it exists) and evaluates the file on the test split.
+
+    Returns what run-info.json records: the file, both commands, the accuracy the file gives
+    and whether it equals the final record's within `WEIGHTS_TOLERANCE_IMAGES` images.
+    """
+    python = os.path.join(venv, "bin", "python")
+    out_path = os.path.abspath(out_path)
+    export = [python, "-m", "jresnet.convert", os.path.abspath(workdir), out_path]
+    if not os.path.exists(out_path):
+        _run(export, cwd=clone)
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluate = [
+            python,
+            "train.py",
+            f"--workdir={os.path.join(tmp, 'no-checkpoints')}",
+            "--config.eval_only=True",
+            f"--config.init_from={out_path}",
+            f"--config.data_dir={data_dir}",
+        ]
+        measured = json.loads(_run(evaluate, cwd=clone).strip().splitlines()[-1])
+    difference = abs(measured["eval_accuracy"] - final["eval_accuracy"]) * measured["eval_count"]
+    return {
+        "file": os.path.basename(out_path),
+        "export_command": " ".join(export[1:]),
+        "eval_command": " ".join(evaluate[1:]).replace(tmp, "EMPTY_DIR"),
+        "eval_accuracy": measured["eval_accuracy"],
+        "eval_count": measured["eval_count"],
+        "final_record_eval_accuracy": final["eval_accuracy"],
+        "equals_final_record": difference <= WEIGHTS_TOLERANCE_IMAGES + 1e-9,
+    }
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes ``path`` whole or not at all (temporary file + `os.replace`)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"can't write {path}: {e.strerror or e}") from e
+
+
+def snapshot(
+    name: str,
+    workdir: str,
+    clone: str,
+    venv: str,
+    command: str,
+    results_dir: str,
+    data_dir: str = "",
+    weights: bool = True,
+) -> dict[str, Any]:
+    """Copies a run's records into ``results_dir/seed-recipe/NAME/`` and writes its
+    run-info.json (see the module docstring); reads ``workdir``, ``clone`` and ``venv`` only.
+    Returns the run info."""
+    if name not in RUNS:
+        raise ConfigError(f"unknown run name {name!r}; one of {', '.join(RUNS)}")
+    implementation, config = read_run_config(workdir)
+    records = read_records(os.path.join(workdir, METRICS_FILE))
+    summary = summarize(records, int(config["num_epochs"]))
+    out_dir = os.path.join(results_dir, SUBDIR, name)
+    os.makedirs(out_dir, exist_ok=True)
+    cpu = machine.machine_info()
+    info = {
+        "name": name,
+        "implementation": implementation,
+        "command": command,
+        "config": config,
+        "commit": _run(["git", "-C", clone, "rev-parse", "HEAD"]).strip(),
+        # --no-optional-locks: git status must not refresh the clone's index file.
+        "clone_modified": bool(
+            _run(["git", "--no-optional-locks", "-C", clone, "status", "--porcelain"]).strip()
+        ),
+        "versions": venv_versions(venv),
+        "machine": {"cpu": cpu["cpu"], "cores": cpu["logical_cpus"]},
+        "data": DATA,
+        "snapshot_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **summary,
+    }
+    if weights and summary["finished"] and implementation == "jresnet":
+        info["weights"] = export_and_check_weights(
+            workdir,
+            clone,
+            venv,
+            os.path.join(out_dir, WEIGHTS_FILE),
+            data_dir or config.get("data_dir", ""),
+            records[-1],
+        )
+    _write_text(os.path.join(out_dir, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in records))
+    _write_text(os.path.join(out_dir, RUN_INFO_FILE), json.dumps(info, indent=2) + "\n")
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# The report.
+
+
+def load_runs(results_dir: str) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """``name -> (run info, records)`` of the runs snapshotted under ``results_dir``."""
+    runs = {}
+    for name in RUNS:
+        run_dir = os.path.join(results_dir, SUBDIR, name)
+        info_path = os.path.join(run_dir, RUN_INFO_FILE)
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                info = json.load(f)
+            runs[name] = info, read_records(os.path.join(run_dir, METRICS_FILE))
+    return runs
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.2`` -> ``"1:02:05"`` (as `jresnet.reporting.format_duration`)."""
+    seconds = max(round(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def status(summary: Mapping[str, Any]) -> str:
+    """``"finished: 200 epochs"`` or ``"running: 37/200 epochs"`` (at the snapshot)."""
+    if summary["finished"]:
+        return f"finished: {summary['epochs_done']} epochs"
+    return f"running: {summary['epochs_done']}/{summary['num_epochs']} epochs"
+
+
+def table(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:
+    """The markdown table of both runs, computed from their records."""
+    lines = [
+        "| run | status | final test accuracy | best test accuracy (epoch) | training time "
+        "| images/s (median) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, label in RUNS.items():
+        if name not in runs:
+            lines.append(f"| {label} | not started | - | - | - | - |")
+            continue
+        info, records = runs[name]
+        summary = summarize(records, int(info["num_epochs"]))
+        if not records:
+            lines.append(f"| {label} | {status(summary)} | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {label} | {status(summary)} | {100 * summary['final_eval_accuracy']:.2f}% "
+            f"| {100 * summary['best_eval_accuracy']:.2f}% ({summary['best_epoch']}) "
+            f"| {format_duration(summary['train_time_s'])} "
+            f"| {summary['images_per_s_median']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def provenance(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:
+    """One paragraph per run: its command, commit, machine, versions, data and weights."""
+    parts = []
+    for name, label in RUNS.items():
+        if name not in runs:
+            continue
+        info, records = runs[name]
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        modified = " (with uncommitted changes)" if info.get("clone_modified") else ""
+        count = f"{records[-1]['eval_count']:,} test images, " if records else ""
+        text = (
+            f"- **{label}**: `{info['command']}` at commit `{info['commit']}`{modified}; "
+            f"{info['machine']['cpu']}, {info['machine']['cores']} cores; {versions}; "
+            f"{count}{info['data']}; snapshot of {info['snapshot_utc']}."
+        )
+        weights = info.get("weights")
+        if weights:
+            verdict = "equals" if weights["equals_final_record"] else "DOES NOT equal"
+            text += (
+                f" Final weights: [`{weights['file']}`]({SUBDIR}/{name}/{weights['file']}) "
+                f"(`{weights['export_command']}`); evaluated with `{weights['eval_command']}` "
+                f"they give {100 * weights['eval_accuracy']:.2f}%, which {verdict} the last "
+                "record's."
+            )
+        parts.append(text)
+    return "\n".join(parts) + "\n"
+
+
+def plot(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]], path: str):
+    """Both runs' test accuracy and training loss per epoch, overlaid, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    last_epoch = 1  # the x axis spans the whole schedule, so a running run shows how far
+    for name, label in RUNS.items():
+        if name not in runs or not runs[name][1]:
+            continue
+        info, records = runs[name]
+        last_epoch = max(last_epoch, int(info["num_epochs"]))
+        epochs = [r["epoch"] for r in records]
+        style = {"label": label, "marker": ".", "markersize": 3, "linewidth": 1}
+        ax_acc.plot(epochs, [100 * r["eval_accuracy"] for r in records], **style)
+        ax_loss.plot(epochs, [r["train_loss"] for r in records], **style)
+    ax_acc.set_ylabel("test accuracy (%), JPEG copy of CIFAR-10")
+    ax_loss.set_ylabel("training loss (cross-entropy)")
+    ax_loss.set_yscale("log")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0, last_epoch)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def readme(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:
+    """results/README.md."""
+    in_progress = any(
+        name not in runs
+        or not summarize(runs[name][1], int(runs[name][0]["num_epochs"]))["finished"]
+        for name in RUNS
+    )
+    note = (
+        "**The runs are in progress**: the numbers below are those of the latest snapshot.\n\n"
+        if in_progress
+        else ""
+    )
+    return (
+        "# Results\n\n"
+        "<!-- Written by `python -m benchmarks.seed_recipe report results` from the files "
+        "under results/seed-recipe/: do not edit by hand. -->\n\n"
+        "## The seed's recipe, 200 epochs: jresnet and the seed's PyTorch loop\n\n"
+        "ResNet-20 (option B), batch 128, SGD (learning rate 0.1, momentum 0.9, weight decay "
+        "1e-4), cosine schedule stepped per epoch, random crop and flip; trained on the 50,000 "
+        "training images and evaluated on the 10,000 test images after every epoch, one seed "
+        "each, on a CPU.\n\n"
+        "These are numbers on the JPEG copy of CIFAR-10, **not official CIFAR-10 results**: "
+        "its pixels differ from the official ones (JPEG quality 75), and a model trained on "
+        "the official pixels loses about 10 points on its test split. Official-data and GPU "
+        "numbers come when that data and hardware are available.\n\n"
+        f"{note}"
+        f"{table(runs)}\n"
+        "Training time is the sum of the epochs' training loops (`epoch_time_s` of the "
+        "records: evaluation, checkpoints and jresnet's compilation excluded); images/s is "
+        "the median over epochs. The CPU was shared with other work while the runs went, so "
+        "times and images/s are not benchmark numbers (the README's Speed section has "
+        "those). jresnet drops each epoch's last partial batch (390 steps), the seed's "
+        "DataLoader keeps it (391).\n\n"
+        f"![test accuracy and training loss per epoch]({SUBDIR}/{CURVES_FILE})\n\n"
+        f"{provenance(runs)}"
+    )
+
+
+def replace_table(text: str, new_table: str, path: str) -> str:
+    """``text`` with what lies between `TABLE_START` and `TABLE_END` replaced."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"{path} has no {TABLE_START} ... {TABLE_END} markers")
+    return text[: start + len(TABLE_START)] + "\n" + new_table + text[end:]
+
+
+def report(results_dir: str, readme_path: str | None = None) -> str:
+    """Writes ``curves.png`` and ``README.md`` (and the table into ``readme_path``); returns
+    the table."""
+    runs = load_runs(results_dir)
+    os.makedirs(os.path.join(results_dir, SUBDIR), exist_ok=True)
+    plot(runs, os.path.join(results_dir, SUBDIR, CURVES_FILE))
+    _write_text(os.path.join(results_dir, README_FILE), readme(runs))
+    markdown = table(runs)
+    if readme_path:
+        with open(readme_path) as f:
+            text = f.read()
+        _write_text(readme_path, replace_table(text, markdown, readme_path))
+    return markdown
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.seed_recipe", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    snap = commands.add_parser("snapshot", help="copy a run's records and write run-info.json")
+    snap.add_argument("name", choices=list(RUNS))
+    snap.add_argument("workdir")
+    snap.add_argument("--clone", required=True, help="the pinned clone that runs the code")
+    snap.add_argument("--venv", required=True, help="the virtual environment that runs it")
+    snap.add_argument("--command", required=True, dest="run_command", help="the run's command")
+    snap.add_argument("--results", default="results")
+    snap.add_argument("--data_dir", default="", help="TFDS data dir (default: the config's)")
+    snap.add_argument("--no_weights", action="store_true", help="skip the final weights")
+    rep = commands.add_parser("report", help="write curves.png and README.md")
+    rep.add_argument("results", nargs="?", default="results")
+    rep.add_argument("--readme", help="also replace the table between the markers of this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def job() -> int:
+        if args.command == "snapshot":
+            info = snapshot(
+                args.name,
+                args.workdir,
+                args.clone,
+                args.venv,
+                args.run_command,
+                args.results,
+                args.data_dir,
+                weights=not args.no_weights,
+            )
+            print(f"{args.name}: {status(info)}", file=sys.stderr)
+            weights = info.get("weights")
+            if weights and not weights["equals_final_record"]:
+                # Not the user's mistake but a finding: exit 1, said in one line.
+                print(
+                    f"the exported weights give {weights['eval_accuracy']} on the test split, "
+                    f"the last record says {weights['final_record_eval_accuracy']}",
+                    file=sys.stderr,
+                )
+                return 1
+        else:
+            print(report(args.results, args.readme), end="")
+        return 0
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""benchmarks.seed_recipe: snapshots of runs and the generated report, on synthetic records."""
+
+import json
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import seed_recipe
+from jresnet.errors import ConfigError
+
+
+def synthetic_records(epochs, seed):
+    """Records shaped like metrics.jsonl's, with random accuracies, losses and timings."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "epoch": epoch,
+            "step": 391 * epoch,
+            "train_loss": float(rng.uniform(0.01, 2)),
+            "train_accuracy": float(rng.uniform(0.3, 1)),
+            "learning_rate": 0.1,
+            "eval_loss": float(rng.uniform(0.2, 2)),
+            "eval_accuracy": int(rng.integers(3000, 9500)) / 10000,
+            "eval_count": 10000,
+            "images_per_s": float(rng.uniform(300, 700)),
+            "epoch_time_s": float(rng.uniform(60, 200)),
+        }
+        for epoch in range(1, epochs + 1)
+    ]
+
+
+def fake_clone(path):
+    """A git repository with one commit; returns its commit."""
+    path.mkdir()
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(path), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (path / "train.py").write_text("# pinned\n")
+    git("add", "train.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pin")
+    return git("rev-parse", "HEAD")
+
+
+def write_records(path, records, torn_line=False):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if torn_line:
+        text += '{"epoch": 99, "step"'  # a live run in the middle of its write
+    path.write_text(text)
+
+
+@pytest.fixture
+def snapshots(tmp_path):
+    """A results dir with an unfinished jresnet run (5/200 epochs) and a finished PyTorch
+    run (4/4), snapshotted from fake work directories; ``(results, records, commit)``."""
+    commit = fake_clone(tmp_path / "clone")
+    records = {"jresnet": synthetic_records(5, 0), "pytorch": synthetic_records(4, 1)}
+
+    jresnet_dir = tmp_path / "jresnet-workdir"
+    (jresnet_dir / "checkpoints" / "1950" / "config").mkdir(parents=True)
+    (jresnet_dir / "checkpoints" / "1950" / "config" / "metadata").write_text(
+        json.dumps({"model": "resnet20", "num_epochs": 200})
+    )
+    write_records(jresnet_dir / "metrics.jsonl", records["jresnet"], torn_line=True)
+
+    torch_dir = tmp_path / "torch-workdir"
+    torch_dir.mkdir()
+    (torch_dir / "config.json").write_text(json.dumps({"depth": 20, "num_epochs": 4}))
+    write_records(torch_dir / "metrics.jsonl", records["pytorch"])
+
+    results = tmp_path / "results"
+    for name, workdir in (("jresnet", jresnet_dir), ("pytorch", torch_dir)):
+        seed_recipe.snapshot(
+            name, str(workdir), str(tmp_path / "clone"), sys.prefix, f"run {name}", str(results)
+        )
+    return results, records, commit
+
+
+def test_snapshot_copies_complete_records_and_describes_the_run(snapshots):
+    results, records, commit = snapshots
+    run_dir = results / "seed-recipe" / "jresnet"
+    assert seed_recipe.read_records(str(run_dir / "metrics.jsonl")) == records["jresnet"]
+    info = json.loads((run_dir / "run-info.json").read_text())
+    assert info["implementation"] == "jresnet"
+    assert info["config"]["model"] == "resnet20"
+    assert info["commit"] == commit
+    assert info["clone_modified"] is False
+    assert info["versions"]["numpy"] == np.__version__
+    assert info["machine"]["cores"] >= 1 and info["machine"]["cpu"]
+    assert "JPEG" in info["data"]
+    assert info["epochs_done"] == 5 and info["num_epochs"] == 200 and not info["finished"]
+    assert info["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in records["jresnet"]))
+    assert info["images_per_s_median"] == pytest.approx(
+        statistics.median(r["images_per_s"] for r in records["jresnet"])
+    )
+    assert "weights" not in info  # unfinished: no final weights yet
+    torch_info = json.loads((results / "seed-recipe" / "pytorch" / "run-info.json").read_text())
+    assert torch_info["implementation"] == "pytorch" and torch_info["finished"]
+
+
+def table_row(text, label):
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def expected_row(label, records, num_epochs):
+    best = max(records, key=lambda r: r["eval_accuracy"])
+    done = len(records)
+    state = f"finished: {done} epochs" if done == num_epochs else f"running: {done}/{num_epochs}"
+    return [
+        label,
+        state + ("" if done == num_epochs else " epochs"),
+        f"{100 * records[-1]['eval_accuracy']:.2f}%",
+        f"{100 * best['eval_accuracy']:.2f}% ({best['epoch']})",
+        seed_recipe.format_duration(sum(r["epoch_time_s"] for r in records)),
+        f"{statistics.median(r['images_per_s'] for r in records):,.0f}",
+    ]
+
+
+def test_report_table_matches_the_records(snapshots):
+    results, records, commit = snapshots
+    seed_recipe.report(str(results))
+    readme = (results / "README.md").read_text()
+    for name, num_epochs in (("jresnet", 200), ("pytorch", 4)):
+        label = seed_recipe.RUNS[name]
+        assert table_row(readme, label) == expected_row(label, records[name], num_epochs)
+    assert "The runs are in progress" in readme
+    assert commit in readme and "not official CIFAR-10" in readme
+    assert (results / "seed-recipe" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_marks_a_run_not_started_and_finished_runs_as_such(tmp_path):
+    results = tmp_path / "results"
+    run_dir = results / "seed-recipe" / "jresnet"
+    run_dir.mkdir(parents=True)
+    records = synthetic_records(3, 2)
+    write_records(run_dir / "metrics.jsonl", records)
+    (run_dir / "run-info.json").write_text(
+        json.dumps(
+            {
+                "num_epochs": 3,
+                "command": "c",
+                "commit": "abc",
+                "machine": {"cpu": "a CPU", "cores": 2},
+                "versions": {"jax": "0"},
+                "data": "d",
+                "snapshot_utc": "now",
+            }
+        )
+    )
+    seed_recipe.report(str(results))
+    readme = (results / "README.md").read_text()
+    label = seed_recipe.RUNS["jresnet"]
+    assert table_row(readme, label) == expected_row(label, records, 3)
+    assert table_row(readme, seed_recipe.RUNS["pytorch"])[1] == "not started"
+
+
+def test_report_replaces_the_table_between_the_markers(snapshots, tmp_path):
+    results, _, _ = snapshots
+    readme = tmp_path / "README.md"
+    start, end = seed_recipe.TABLE_START, seed_recipe.TABLE_END
+    readme.write_text(f"intro\n{start}\nold table\n{end}\nafter\n")
+    table = seed_recipe.report(str(results), str(readme))
+    assert readme.read_text() == f"intro\n{start}\n{table}{end}\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="markers"):
+        seed_recipe.report(str(results), str(readme))
+
+
+def test_snapshot_of_a_workdir_without_config_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="after its first epoch"):
+        seed_recipe.read_run_config(str(tmp_path))
