@@ -52,7 +52,6 @@ METRICS_FILE = "metrics.jsonl"  # jresnet.reporting.METRICS_FILE (not imported: 
 RUN_INFO_FILE = "run-info.json"
 CURVES_FILE = "curves.png"
 README_FILE = "README.md"
-WEIGHTS_FILE = "resnet20.safetensors"
 TABLE_START = "<!-- seed-recipe-table:start -->"
 TABLE_END = "<!-- seed-recipe-table:end -->"
 # The runs the report knows, in table order: directory name -> label.
@@ -72,6 +71,9 @@ DATA = (
     "re-encoded as JPEG quality 75), prepared with `python -m jresnet.prepare_data`; "
     "not the official pixels"
 )
+# The run's config keys its weights are evaluated with: how to build and feed the model
+# (a weights file does not say), and where compiled programs are cached.
+EVAL_KEYS = ("model", "shortcut", "normalization", "dataset", "compilation_cache_dir")
 # An accuracy equal "within float rounding": at most this many test images apart.
 WEIGHTS_TOLERANCE_IMAGES = 1
 
@@ -175,7 +177,13 @@ def venv_versions(venv: str) -> dict[str, str]:
 
 
 def export_and_check_weights(
-    workdir: str, clone: str, venv: str, out_path: str, data_dir: str, final: Mapping[str, Any]
+    workdir: str,
+    clone: str,
+    venv: str,
+    out_path: str,
+    config: Mapping[str, Any],
+    final: Mapping[str, Any],
+    data_dir: str = "",
 ) -> dict[str, Any]:
     """Exports a finished jresnet run's final weights to ``out_path`` (seed layout,
     safetensors; kept if it exists) and evaluates the file on the test split.
@@ -185,6 +193,7 @@ def export_and_check_weights(
     """
     python = os.path.join(venv, "bin", "python")
     out_path = os.path.abspath(out_path)
+    data_dir = data_dir or config.get("data_dir", "")
     export = [python, "-m", "jresnet.convert", os.path.abspath(workdir), out_path]
     if not os.path.exists(out_path):
         _run(export, cwd=clone)
@@ -196,13 +205,14 @@ def export_and_check_weights(
             "--config.eval_only=True",
             f"--config.init_from={out_path}",
             f"--config.data_dir={data_dir}",
+            *(f"--config.{key}={config[key]}" for key in EVAL_KEYS if key in config),
         ]
         measured = json.loads(_run(evaluate, cwd=clone).strip().splitlines()[-1])
     difference = abs(measured["eval_accuracy"] - final["eval_accuracy"]) * measured["eval_count"]
     return {
         "file": os.path.basename(out_path),
-        "export_command": " ".join(export[1:]),
-        "eval_command": " ".join(evaluate[1:]).replace(tmp, "EMPTY_DIR"),
+        "export_command": " ".join(["python", *export[1:]]),
+        "eval_command": " ".join(["python", *evaluate[1:]]).replace(tmp, "EMPTY_DIR"),
         "eval_accuracy": measured["eval_accuracy"],
         "eval_count": measured["eval_count"],
         "final_record_eval_accuracy": final["eval_accuracy"],
@@ -263,9 +273,10 @@ def snapshot(
             workdir,
             clone,
             venv,
-            os.path.join(out_dir, WEIGHTS_FILE),
-            data_dir or config.get("data_dir", ""),
+            os.path.join(out_dir, f"{config.get('model', 'resnet20')}.safetensors"),
+            config,
             records[-1],
+            data_dir,
         )
     _write_text(os.path.join(out_dir, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in records))
     _write_text(os.path.join(out_dir, RUN_INFO_FILE), json.dumps(info, indent=2) + "\n")

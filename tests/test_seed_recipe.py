@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from benchmarks import seed_recipe
+from jresnet import checkpoint, convert
 from jresnet.errors import ConfigError
+from tests.conftest import REPO, model_with_random_statistics, tiny_config
 
 
 def synthetic_records(epochs, seed):
@@ -176,3 +178,29 @@ def test_report_replaces_the_table_between_the_markers(snapshots, tmp_path):
 def test_snapshot_of_a_workdir_without_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="after its first epoch"):
         seed_recipe.read_run_config(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_snapshot_of_a_finished_jresnet_run_exports_and_checks_its_weights(tmp_path, data_dir):
+    """A jresnet work directory (ResNet-8 weights at step 0) whose last record claims an
+    impossible accuracy: the weights are exported and evaluated, and the mismatch is said."""
+    _, variables = model_with_random_statistics()
+    config = tiny_config(data_dir, num_epochs=1)
+    workdir = tmp_path / "run"
+    checkpoint.save_pretrained(str(workdir), variables, config)
+    write_records(workdir / "metrics.jsonl", [{**synthetic_records(1, 0)[0], "eval_accuracy": 2}])
+    args = ["jresnet", str(workdir), "--clone", str(REPO), "--venv", sys.prefix]
+    args += ["--command", "c", "--results", str(tmp_path / "results")]
+
+    assert seed_recipe.main(["snapshot", *args]) == 1  # the mismatch is a finding: exit 1
+
+    info = json.loads((tmp_path / "results/seed-recipe/jresnet/run-info.json").read_text())
+    weights = info["weights"]
+    assert weights["equals_final_record"] is False
+    assert weights["eval_count"] == 40 and 0 <= weights["eval_accuracy"] <= 1
+    exported = tmp_path / "results/seed-recipe/jresnet" / weights["file"]
+    exported_state = convert.load_state_dict_file(str(exported))
+    expected_state = convert.flax_to_torch(variables)
+    assert exported_state.keys() == expected_state.keys()
+    for name, value in expected_state.items():
+        assert np.array_equal(np.asarray(exported_state[name]), np.asarray(value)), name

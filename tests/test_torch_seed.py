@@ -74,7 +74,13 @@ def uninterrupted_runs(tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize(
     ("num_workers", "failing_call"),
-    [(0, 4), (0, 8), (2, 5)],  # the first step of epoch 2, mid epoch 3; with 2 workers
+    [
+        (0, 4),  # the first step of epoch 2: stopped after epoch 1
+        (0, 8),  # mid epoch 3
+        # The seed's 2 worker processes (forked every epoch): their seeds come from the
+        # loader's generator.
+        pytest.param(2, 5, marks=pytest.mark.slow),
+    ],
 )
 def test_stopped_then_rerun_ends_like_an_uninterrupted_run(
     tmp_path, data_dir, monkeypatch, uninterrupted_runs, num_workers, failing_call
