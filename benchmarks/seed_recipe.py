@@ -45,7 +45,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks import machine
-from jresnet.errors import ConfigError, OutputError, run_cli
+from jresnet import safe_files
+from jresnet.errors import ConfigError, run_cli
 
 SUBDIR = "seed-recipe"
 METRICS_FILE = "metrics.jsonl"  # jresnet.reporting.METRICS_FILE (not imported: it loads JAX)
@@ -221,14 +222,8 @@ def export_and_check_weights(
 
 
 def _write_text(path: str, text: str) -> None:
-    """Writes ``path`` whole or not at all (temporary file + `os.replace`)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"can't write {path}: {e.strerror or e}") from e
+    """Writes ``path`` whole or not at all (`jresnet.safe_files.write_bytes`)."""
+    safe_files.write_bytes(path, text.encode())
 
 
 def snapshot(
@@ -396,10 +391,9 @@ def plot(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with safe_files.atomic_writer(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def readme(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:

@@ -5,16 +5,14 @@ ever unpickled as an arbitrary Python object: tensors, and dicts, lists, tuples,
 numbers, booleans and None. Python's and numpy's global RNG states are stored as int64
 tensors for that reason (`rng_states`, `restore_rng_states`).
 
-`save_atomic` writes the file under a temporary name in the same directory, flushes and
-fsyncs it, renames it over the old one (`os.replace`, atomic on POSIX) and fsyncs the
-directory: a run killed at any moment, even inside a save, leaves either the previous
-checkpoint or the new one, complete. Leftover temporary files are removed by
-`remove_leftovers`.
+`save_atomic` writes the file through `jresnet.safe_files.atomic_writer` (a temporary file
+in the same directory, fsynced, renamed over the old one with `os.replace`): a run killed at
+any moment, even inside a save, leaves either the previous checkpoint or the new one,
+complete. `remove_leftovers` removes the temporary file a killed save leaves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pickle
@@ -26,9 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jresnet.errors import CheckpointError, OutputError
-
-_TMP_INFIX = ".tmp-"
+from jresnet import safe_files
+from jresnet.errors import CheckpointError
 
 
 def rng_states(loader_generator: torch.Generator) -> dict[str, Any]:
@@ -79,39 +76,21 @@ def restore_rng_states(states: Mapping[str, Any], loader_generator: torch.Genera
     loader_generator.set_state(states["loader"])
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_atomic(checkpoint: Mapping[str, Any], path: str) -> None:
     """Writes ``checkpoint`` to ``path`` with ``torch.save`` so that ``path`` always holds a
-    complete checkpoint: a temporary file, fsync, `os.replace`, fsync of the directory.
+    complete checkpoint (`jresnet.safe_files.atomic_writer`: a new file, fsync, `os.replace`,
+    fsync of the directory).
 
     Raises `OutputError` if it can't be written (the previous checkpoint stays).
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}{_TMP_INFIX}{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(dict(checkpoint), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_directory(directory)
-    except OSError as e:
-        raise OutputError(f"can't write the checkpoint {path}: {e.strerror or e}") from e
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    with safe_files.atomic_writer(path) as f:
+        torch.save(dict(checkpoint), f)
 
 
 def remove_leftovers(path: str) -> list[str]:
     """Removes the temporary files a killed `save_atomic` left next to ``path``; returns them."""
-    leftovers = glob.glob(glob.escape(path) + _TMP_INFIX + "*")
+    directory, name = os.path.split(path)
+    leftovers = glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.partial"))
     for leftover in leftovers:
         os.remove(leftover)
     return leftovers

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from benchmarks import torch_checkpoint
-from jresnet import errors, input_pipeline, reporting
+from jresnet import errors, input_pipeline, reporting, safe_files
 from jresnet import workdir as workdir_lib
 from jresnet.errors import CheckpointError, ConfigError
 from jresnet.testing import torch_reference
@@ -395,15 +395,6 @@ def train_epoch(trainer: SeedTrainer, loader: torch.utils.data.DataLoader) -> di
     }
 
 
-def _write_atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -435,8 +426,9 @@ def train(config: RunConfig, workdir: str) -> list[dict[str, Any]]:
                     f"the checkpoint in {path} was saved by another run; rerun with its "
                     "settings or choose another --workdir:\n  " + "\n  ".join(changed)
                 )
-        _write_atomic_text(
-            os.path.join(path, CONFIG_FILE), json.dumps(dataclasses.asdict(config), indent=2)
+        safe_files.write_bytes(
+            os.path.join(path, CONFIG_FILE),
+            json.dumps(dataclasses.asdict(config), indent=2).encode(),
         )
         data_dir = config.data_dir or None
         train_images, train_labels = input_pipeline.load_split(
@@ -472,7 +464,9 @@ def train(config: RunConfig, workdir: str) -> list[dict[str, Any]]:
             history = [dict(r) for r in saved["history"]]
             _info(f"resuming {path} after epoch {saved['epoch']}/{config.num_epochs}")
         metrics_path = os.path.join(path, reporting.METRICS_FILE)
-        _write_atomic_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        safe_files.write_bytes(
+            metrics_path, "".join(json.dumps(r) + "\n" for r in history).encode()
+        )
 
         for epoch in range(len(history), config.num_epochs):
             trained = train_epoch(trainer, loader)
@@ -502,8 +496,7 @@ def train(config: RunConfig, workdir: str) -> list[dict[str, Any]]:
                 },
                 checkpoint_path,
             )
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            safe_files.append_bytes(metrics_path, (json.dumps(record) + "\n").encode())
             _info(
                 f"epoch {record['epoch']}/{config.num_epochs} done: loss "
                 f"{record['train_loss']:.4f} train acc {100 * record['train_accuracy']:.2f}% "

@@ -143,7 +143,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch_checkpoint.torch, "save", torn_save)
-    with pytest.raises(OutputError, match="No space left"):
+    with pytest.raises(OutputError, match="no space left"):
         torch_checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
@@ -152,9 +152,12 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_leftovers_of_a_killed_save_are_removed(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
-    (tmp_path / "checkpoint.pt.tmp-12345").write_bytes(b"torn")
-    assert torch_checkpoint.remove_leftovers(path) == [path + ".tmp-12345"]
-    assert os.listdir(tmp_path) == []
+    (tmp_path / ".checkpoint.pt.0a1b2c3d.partial").write_bytes(b"torn")
+    (tmp_path / ".other.pt.0a1b2c3d.partial").write_bytes(b"someone else's")
+    assert torch_checkpoint.remove_leftovers(path) == [
+        str(tmp_path / ".checkpoint.pt.0a1b2c3d.partial")
+    ]
+    assert os.listdir(tmp_path) == [".other.pt.0a1b2c3d.partial"]
 
 
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
