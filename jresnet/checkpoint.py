@@ -29,10 +29,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -50,33 +49,16 @@ UNREADABLE_DIR = "checkpoints-unreadable"
 BEST_METRIC = "eval_accuracy"
 
 # Orbax warnings about settings jresnet chose on purpose: a manager opened read-only
-# (load_model, eval_only, init_from), and the step-0 checkpoint of converted weights,
-# which has no eval accuracy to rank by.
+# (load_model, eval_only, init_from), and checkpoints with no eval accuracy to rank by (the
+# step-0 checkpoint of converted weights, a mid-epoch save after a stop request).
 _EXPECTED_ORBAX_WARNINGS = (
     "Given directory is read only",
     "Requested `tracked_metric`; did not provide metrics.",
 )
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
-
-
-@contextlib.contextmanager
-def _without_expected_orbax_warnings() -> Iterator[None]:
-    """Drops `_EXPECTED_ORBAX_WARNINGS` (Orbax logs through absl's "absl" logger)."""
-    orbax_logger = logging.getLogger("absl")
-    drop = _DropMessages(_EXPECTED_ORBAX_WARNINGS)
-    orbax_logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        orbax_logger.removeFilter(drop)
+def _without_expected_orbax_warnings() -> contextlib.AbstractContextManager[None]:
+    return reporting.without_log_lines(*_EXPECTED_ORBAX_WARNINGS)
 
 
 class CheckpointError(JresnetError, RuntimeError):
@@ -189,16 +171,19 @@ def save(
         )
     meta = {**(meta or {}), "step": step, "digests": digests(state)}
     try:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(dict(state)),
-                config=ocp.args.JsonSave(config.to_dict()),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=dict(metrics) if metrics is not None else None,
-            force=True,
-        )
+        # A mid-epoch save (a stop request) has no eval accuracy: Orbax's "tracked_metric"
+        # warning is expected there (issue 20 L10).
+        with _without_expected_orbax_warnings():
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(dict(state)),
+                    config=ocp.args.JsonSave(config.to_dict()),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                metrics=dict(metrics) if metrics is not None else None,
+                force=True,
+            )
         manager.wait_until_finished()
     except Exception as e:  # Orbax and TensorStore wrap OS errors in their own types
         cause = _root_cause(e)

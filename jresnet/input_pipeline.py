@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
-from jresnet import datasets
+from jresnet import datasets, reporting
 from jresnet.errors import ConfigError, DataError
 
 PADDING = 4  # pixels of zero padding around each side before the random 32x32 crop
@@ -65,13 +65,21 @@ def _builder(dataset: str, data_dir: str | os.PathLike | None) -> tfds.core.Data
     return tfds.builder(dataset, data_dir=os.fspath(data_dir) if data_dir else None)
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """``builder.is_prepared()``, without TFDS's warning that the folder it looks for has no
+    ``dataset_info.json`` (an unprepared dataset is a state jresnet handles: it prepares it
+    or says how)."""
+    with reporting.without_log_lines("Variant folder "):
+        return builder.is_prepared()
+
+
 def unprepared_root(dataset: str, data_dir: str | os.PathLike | None) -> str | None:
     """The TFDS data directory root to prepare ``dataset`` in, or None if it is prepared there.
 
     ``data_dir`` None or "" means TFDS's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
     """
     builder = _builder(dataset, data_dir)
-    return None if builder.is_prepared() else os.fspath(builder.data_dir_root)
+    return None if _is_prepared(builder) else os.fspath(builder.data_dir_root)
 
 
 def not_prepared(dataset: str, data_dir: str | os.PathLike | None, reason: str) -> DataError:
@@ -153,7 +161,7 @@ def load_split(
     """
     builder = _builder(dataset, data_dir)
     data_dir = os.fspath(data_dir) if data_dir else None
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         raise _not_found(dataset, builder, "is not prepared")
     try:
         # download=False: never call download_and_prepare, which would try the network.

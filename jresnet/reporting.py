@@ -25,12 +25,14 @@ command rebuilds ``metrics.jsonl`` and the curves.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 import jax
@@ -95,6 +97,29 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """Prints ``warning: message`` to stderr (process 0 only): the one warning channel."""
     info(f"warning: {message}")
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def without_log_lines(*prefixes: str, logger: str = "absl") -> Iterator[None]:
+    """Drops the log records of ``logger`` that start with one of ``prefixes`` while the
+    block runs: third-party warnings about states jresnet expects (Orbax and TFDS log
+    through absl's "absl" logger). Say at each use why the lines are expected."""
+    target = logging.getLogger(logger)
+    drop = _DropLines(prefixes)
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
 
 
 def plural(count: int, noun: str) -> str:

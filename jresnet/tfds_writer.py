@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jresnet import datasets
+from jresnet import datasets, reporting
 from jresnet.cifar_format import SplitArrays
 from jresnet.errors import OutputError
 
@@ -249,11 +249,19 @@ def write_staged(
     refuse_existing(target, dataset, overwrite)
     builder = _builder_class(dataset)(splits=splits, data_dir=os.fspath(staging))
     try:
-        builder.download_and_prepare(
-            download_dir=os.fspath(staging / "downloads"),  # never used: nothing is downloaded
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
+        # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... prepared
+        # to <the staging directory>" to stdout, and warns that the folder it is about to
+        # create has no dataset_info.json: none of it is true or news here (the caller says
+        # where the dataset went); its progress bars (stderr) stay.
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            reporting.without_log_lines("Variant folder "),
+        ):
+            builder.download_and_prepare(
+                download_dir=os.fspath(staging / "downloads"),  # never used: nothing downloaded
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            )
         refuse_existing(target, dataset, overwrite)  # another run may have finished meanwhile
         target.parent.mkdir(exist_ok=True)
         if target.exists():

@@ -218,6 +218,14 @@ def test_expected_orbax_warnings_are_dropped_only_while_opening(caplog):
     ]
 
 
+def test_a_save_without_metrics_logs_no_warning(tmp_path, caplog):
+    """A stop request saves mid-epoch, with no eval accuracy (issue 20 L10)."""
+    with caplog.at_level(logging.WARNING), checkpoint.create_manager(tmp_path) as manager:
+        checkpoint.save(manager, 3, _state(), _config(), metrics=None)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert os.listdir(tmp_path / "checkpoints") == ["3"]
+
+
 def test_save_pretrained_refuses_a_directory_with_checkpoints(tmp_path):
     checkpoint.save_pretrained(tmp_path, _state(), _config())
     with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):

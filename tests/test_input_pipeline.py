@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import jax
@@ -120,6 +121,13 @@ def test_load_split_without_download_never_touches_the_network(tmp_path, monkeyp
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     with pytest.raises(DataError, match="is not prepared in data_dir"):
         ip.load_split("cifar10", "train", tmp_path)
+
+
+def test_an_unprepared_dataset_logs_no_tfds_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(ip.DatasetNotFoundError):
+        ip.load_split("cifar10", "train", tmp_path)
+    assert ip.unprepared_root("cifar10", tmp_path) == str(tmp_path)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import pickle
 import socket
 import struct
@@ -269,6 +270,16 @@ def test_written_dataset_matches_the_stock_builder(tmp_path, dataset):
 def save_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
+
+
+def test_writing_a_dataset_prints_no_tfds_banner_or_warning(tmp_path, capsys, caplog):
+    """TFDS's "Downloading and preparing dataset Unknown size" (nothing is downloaded) and
+    its warning about the folder it is about to create are not shown."""
+    with caplog.at_level(logging.WARNING):
+        write_dataset(tmp_path, "cifar10", {"train": fake_split(10, 1, 6)})
+    out = capsys.readouterr().out
+    assert "Downloading and preparing" not in out and "Unknown size" not in out
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_missing_path(tmp_path):
