@@ -124,7 +124,7 @@ def test_load_split_without_download_never_touches_the_network(tmp_path, monkeyp
 
 
 def test_an_unprepared_dataset_logs_no_tfds_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING), pytest.raises(ip.DatasetNotFoundError):
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError):
         ip.load_split("cifar10", "train", tmp_path)
     assert ip.unprepared_root("cifar10", tmp_path) == str(tmp_path)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
