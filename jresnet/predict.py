@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,9 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jresnet import datasets, errors, models
-from jresnet.errors import JresnetError
+from jresnet.errors import ImageError, JresnetError
 
 IMAGE_SIZE = 32
+# Larger images are refused before decoding (PIL's own bomb limit is twice its default
+# MAX_IMAGE_PIXELS, about 179 million pixels, and raises a traceback-shaped error).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+_TOO_LARGE = (
+    f"predict reads images of at most {MAX_IMAGE_PIXELS:,} pixels (the model sees 32x32): "
+    "shrink it first"
+)
+_EXIF_ORIENTATION = 0x0112
 
 
 class PredictError(JresnetError, ValueError):
@@ -130,19 +139,68 @@ def load_source(
     )
 
 
+def _to_8_bit(image: Any, path: str) -> tuple[Any, str]:
+    """A mode ``I;16*``, ``I`` or ``F`` image as mode ``L``, and a note on the scale assumed.
+
+    ``I;16`` images are 16-bit (0..65535, divided by 257). ``I`` and ``F`` say nothing of
+    their range, so it is read from the values: at most 1.0 (``F`` only) means 0..1, at most
+    255 means 8-bit, at most 65535 means 16-bit; anything else is refused. (PIL's own
+    conversion clips these modes at 255, so a 16-bit image became all white.)
+    """
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float32)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16"):
+        scale, what = 65535.0, "16-bit"
+    elif not (math.isfinite(low) and math.isfinite(high)) or low < 0 or high > 65535:
+        raise ImageError(
+            f"{path}: a mode-{image.mode} image with values from {low:g} to {high:g}, outside "
+            "0..65535 (16 bits): save it as an 8- or 16-bit image"
+        )
+    elif image.mode == "F" and high <= 1.0:
+        scale, what = 1.0, "0..1"
+    elif high <= 255:
+        scale, what = 255.0, "8-bit"
+    else:
+        scale, what = 65535.0, "16-bit"
+    gray = np.round(values * (255.0 / scale)).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L"), f"read mode {image.mode} as {what} values"
+
+
 def read_image(path: str) -> tuple[np.ndarray, list[str]]:
-    """``(uint8 [32, 32, 3], notes)``: the image as the model sees it, and what was changed."""
-    from PIL import Image, UnidentifiedImageError
+    """``(uint8 [32, 32, 3], notes)``: the image as the model sees it, and what was changed.
+
+    Turned upright per its EXIF orientation; 16-bit and float grayscale scaled to 8 bits
+    (`_to_8_bit`); images above `MAX_IMAGE_PIXELS` pixels are refused before they are
+    decoded, which bounds memory (a few bytes per pixel, times a few copies).
+    Raises `ImageError` for a file that can't be read as an image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{path} is {width}x{height} pixels; {_TOO_LARGE}")
             opened.load()
             image = opened
+    except Image.DecompressionBombError as e:  # so large that PIL refuses to open it
+        raise ImageError(f"{path}: {str(e).split(',')[0]}; {_TOO_LARGE}") from None
     except FileNotFoundError as e:
-        raise PredictError(f"no such image file: {path}") from e
+        raise ImageError(f"no such image file: {path}") from e
     except (UnidentifiedImageError, OSError) as e:
-        raise PredictError(f"{path} can't be read as an image: {e}") from e
+        raise ImageError(f"{path} can't be read as an image: {e}") from e
     notes = []
+    upright = ImageOps.exif_transpose(image)
+    if upright is not image:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+        if orientation not in (None, 1):
+            notes.append(f"turned upright per its EXIF orientation ({orientation})")
+        image = upright
+    if image.mode.startswith("I") or image.mode == "F":
+        image, note = _to_8_bit(image, path)
+        notes.append(note)
     if image.mode != "RGB":
         notes.append(f"converted from {image.mode} to RGB")
         image = image.convert("RGB")
@@ -163,6 +221,16 @@ def format_top(probabilities: np.ndarray, label_names: Sequence[str], k: int) ->
     return ", ".join(f"{label_names[i]} {100 * probabilities[i]:.1f}%" for i in order)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--top must be a positive integer, got {text!r}")
+    return value
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jresnet.predict",
@@ -170,13 +238,21 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     parser.add_argument("source", metavar="WORKDIR_OR_NAME", help="work directory or weights name")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--top", type=int, default=5, help="classes to print per image")
+    parser.add_argument(
+        "--top", type=_positive_int, default=5, help="classes to print per image (at least 1)"
+    )
     parser.add_argument("--cache_dir", help="where published weights are cached")
     args = parser.parse_args(argv)
 
     read = [read_image(path) for path in args.images]  # every file checked before the model
     model, variables, normalization, dataset = load_source(args.source, args.cache_dir)
     label_names = datasets.get(dataset).label_names
+    if args.top > len(label_names):
+        print(
+            f"note: --top {args.top} is more than the model's {len(label_names)} classes; "
+            "printing all of them",
+            file=sys.stderr,
+        )
     probabilities = predict(model, variables, np.stack([image for image, _ in read]), normalization)
     for path, (_, notes), p in zip(args.images, read, probabilities, strict=True):
         note = f" ({'; '.join(notes)})" if notes else ""

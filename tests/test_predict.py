@@ -11,6 +11,7 @@ from PIL import Image
 from jresnet import checkpoint, datasets, models, predict
 from jresnet.configs import default
 from jresnet.datasets import NORMALIZATIONS
+from jresnet.errors import ImageError
 from tests.conftest import model_with_random_statistics
 
 try:
@@ -138,3 +139,123 @@ def test_cli_errors_exit_2(tmp_path, capsys) -> None:
     assert "neither a jresnet work directory nor a published weights name" in (
         capsys.readouterr().err
     )
+
+
+def _gray(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)
+
+
+def test_16_bit_int_and_float_images_read_like_their_8_bit_copy(tmp_path) -> None:
+    gray = _gray()
+    Image.fromarray(gray, "L").save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")  # mode I;16
+    Image.fromarray(gray.astype(np.int32) * 257).save(tmp_path / "i16.tiff")  # mode I
+    Image.fromarray(gray.astype(np.int32)).save(tmp_path / "i8.tiff")  # mode I, 8-bit values
+    Image.fromarray(gray.astype(np.float32) * 257).save(tmp_path / "f16.tiff")  # mode F
+    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "f1.tiff")  # F in [0, 1]
+    expected, _ = predict.read_image(str(tmp_path / "8.png"))
+    assert Image.open(tmp_path / "16.png").mode == "I;16"
+    for name in ("16.png", "i16.tiff", "i8.tiff", "f16.tiff", "f1.tiff"):
+        image, notes = predict.read_image(str(tmp_path / name))
+        np.testing.assert_array_equal(image, expected, err_msg=name)
+        assert any("to RGB" in note for note in notes), notes
+
+
+def test_a_16_bit_copy_predicts_what_the_8_bit_image_predicts(tmp_path, capsys) -> None:
+    workdir = workdir_with(tmp_path, model_with_random_statistics()[1])
+    gray = _gray(1)
+    Image.fromarray(gray, "L").save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert predict.main([str(workdir), str(tmp_path / "8.png"), str(tmp_path / "16.png")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    top = [line.split(": ", 1)[1].split(" (")[0] for line in lines]
+    assert top[0] == top[1]
+
+
+def test_values_beyond_16_bits_are_an_image_error(tmp_path) -> None:
+    Image.fromarray(np.full((32, 32), 70000, np.int32)).save(tmp_path / "big.tiff")
+    with pytest.raises(ImageError, match=r"0\.\.65535"):
+        predict.read_image(str(tmp_path / "big.tiff"))
+
+
+def test_exif_orientation_is_applied(tmp_path) -> None:
+    upright = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Orientation: stored rotated by 180 degrees
+    Image.fromarray(upright[::-1, ::-1].copy()).save(tmp_path / "rotated.png", exif=exif)
+    image, notes = predict.read_image(str(tmp_path / "rotated.png"))
+    np.testing.assert_array_equal(image, upright)
+    assert any("EXIF orientation" in note for note in notes), notes
+
+
+def _huge_png(path, side: int) -> None:
+    """A valid 1-bit grayscale PNG of ``side`` x ``side`` black pixels (a few hundred KB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+_READ_AND_MEASURE = """
+import resource, sys
+from jresnet import predict
+from jresnet.errors import ImageError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    predict.read_image(sys.argv[1])
+except ImageError as e:
+    print(e)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_decompression_bomb_is_one_image_error_in_bounded_memory(tmp_path, capsys) -> None:
+    import subprocess
+    import sys
+
+    _huge_png(tmp_path / "bomb.png", 30000)
+    assert (tmp_path / "bomb.png").stat().st_size < 2_000_000
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_AND_MEASURE, str(tmp_path / "bomb.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    message, grown_mb = result.stdout.strip().splitlines()
+    assert "900000000 pixels" in message and "at most" in message
+    assert int(grown_mb) < 100  # decoding it would take 900 MB
+    workdir = workdir_with(tmp_path, model_with_random_statistics()[1])
+    assert predict.main([str(workdir), str(tmp_path / "bomb.png")]) == 2
+    assert "900000000 pixels" in capsys.readouterr().err
+    _huge_png(tmp_path / "large.png", 9000)  # above predict's limit, below PIL's
+    with pytest.raises(ImageError, match="is 9000x9000 pixels; predict reads images of at most"):
+        predict.read_image(str(tmp_path / "large.png"))
+
+
+@pytest.mark.parametrize("top", ["0", "-3"])
+def test_top_below_1_is_a_usage_error(tmp_path, capsys, top: str) -> None:
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    with pytest.raises(SystemExit) as caught:
+        predict.main([str(tmp_path), str(tmp_path / "ok.png"), "--top", top])
+    assert caught.value.code == 2
+    assert "--top must be a positive integer" in capsys.readouterr().err
+
+
+def test_top_above_the_class_count_prints_every_class_and_says_so(tmp_path, capsys) -> None:
+    workdir = workdir_with(tmp_path, model_with_random_statistics()[1])
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    assert predict.main([str(workdir), str(tmp_path / "red.png"), "--top", "20"]) == 0
+    captured = capsys.readouterr()
+    assert len(re.findall(r"(\w+) [\d.]+%", captured.out)) == 10
+    assert "--top 20 is more than the model's 10 classes" in captured.err
