@@ -3,7 +3,7 @@
 The ``prepare`` worker loads both splits with `jresnet.input_pipeline.load_split` and
 saves ``{split}_images.npy`` (uint8 NHWC ``[N, 32, 32, 3]``) and ``{split}_labels.npy``
 (int32 ``[N]``) into a temporary folder; the other workers read them back with
-`load`, or draw synthetic images when there is no such folder.
+`load`. The model-step and convolution measurements use random data instead.
 """
 
 from __future__ import annotations
@@ -33,28 +33,23 @@ def prepare(data_dir: str, out_dir: str) -> dict[str, Any]:
     return info
 
 
-def load(data: str | None, split: str, n_min: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(uint8 images, int32 labels, real)`` from `prepare`'s folder, else synthetic.
-
-    Synthetic data: ``n_min`` uniform random uint8 images and labels in 0..9 (seed 1).
-    """
-    if data:
-        images = np.load(os.path.join(data, f"{split}_images.npy"))
-        labels = np.load(os.path.join(data, f"{split}_labels.npy"))
-        return images, labels, True
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (n_min, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, (n_min,)).astype(np.int32)
-    return images, labels, False
+def load(data: str, split: str, n_min: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 images, int32 labels)`` of `prepare`'s folder, repeated to ``n_min`` images
+    where the split holds fewer."""
+    images = np.load(os.path.join(data, f"{split}_images.npy"))
+    labels = np.load(os.path.join(data, f"{split}_labels.npy"))
+    if len(labels) < n_min:
+        images = np.resize(images, (n_min, *images.shape[1:]))
+        labels = np.resize(labels, n_min)
+    return images, labels
 
 
-def describe(info: dict[str, Any] | None) -> str:
-    """The report's line on the data: real (with sizes) or synthetic; never a machine path."""
-    if info is None:
-        return f"synthetic uniform uint8 images (no loadable TFDS {DATASET} in `--data-dir`)"
+def describe(info: dict[str, Any]) -> str:
+    """The report's line on the data, with its sizes; never a machine path."""
     seconds = sum(info[f"{split}_load_s"] for split in SPLITS)
     return (
-        f"real {DATASET} from the TFDS data dir given by `--data-dir`: "
+        f"{DATASET} from the TFDS data dir given by `--data-dir`: "
         f"{info['train_count']:,} train / {info['test_count']:,} test images "
-        f"(loaded once in {seconds:.1f} s, passed to the workers as .npy)"
+        f"(loaded once in {seconds:.1f} s, passed to the workers as .npy; a split with "
+        "fewer images than a measurement needs is repeated)"
     )

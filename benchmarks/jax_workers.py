@@ -22,7 +22,7 @@ from jax import lax
 
 from benchmarks import data as bench_data
 from benchmarks import timing
-from benchmarks.configs import BATCH, EVAL_BATCH, MATMUL_N, Config, Sizes
+from benchmarks.configs import BATCH, EVAL_BATCH, MATMUL_N, TRAIN_IMAGES, Config, Sizes
 from benchmarks.resnet20 import RESNET20_CONVS, ConvShape
 from jresnet import conv as jresnet_conv
 from jresnet import datasets, input_pipeline, models, parallel, reporting, steps, train
@@ -30,17 +30,22 @@ from jresnet.configs import default
 from jresnet.testing import stablehlo_loops
 
 # Convolutions in a rolled XLA:CPU while loop are far slower (the rolled-scan row of
-# RESULTS.md, section 1): such drivers are timed over one call, or skipped in --quick runs.
-SKIPPED_ROLLED = {"rolled_while_loop": True, "skipped": True}
+# RESULTS.md, section 1): such drivers are measured once, and not in the cpu dry run.
+SKIPPED_ROLLED = {
+    "rolled_while_loop": True,
+    "skipped": "convolutions in a rolled XLA while loop (far slower; full runs time it once)",
+}
 
 
 class JaxSetup:
-    """The seed recipe's model, optimizer, mesh and replicated state, built as jresnet does."""
+    """A model, optimizer, mesh and replicated state built as jresnet builds them: the seed's
+    recipe (`jresnet.configs.default`) with ``model``, ``dtype`` and ``batch`` as given."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "resnet20", dtype: str = "float32", batch: int = BATCH):
         self.config = default.get_config()
+        self.config.model, self.config.dtype, self.config.batch_size = model, dtype, batch
         self.model = models.from_config(self.config)
-        steps_per_epoch = input_pipeline.steps_per_epoch(50_000, self.config.batch_size)
+        steps_per_epoch = input_pipeline.steps_per_epoch(TRAIN_IMAGES, batch)
         self.lr_fn = steps.create_learning_rate_fn(self.config, steps_per_epoch)
         self.tx = steps.create_optimizer(self.config, self.lr_fn)
         self.mesh = parallel.create_mesh()
@@ -77,6 +82,13 @@ class JaxSetup:
         """``[K, B, ...]`` host arrays as the training loop hands them to the driver."""
         return parallel.global_batch([images, labels], self.mesh, batch_axis=1)
 
+    def random_batches(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """K random uint8 batches ``[K, B, 32, 32, 3]`` and labels ``[K, B]`` (host)."""
+        rng = np.random.default_rng(1)
+        batch = self.config.batch_size
+        images = rng.integers(0, 256, (k, batch, 32, 32, 3), dtype=np.uint8)
+        return images, rng.integers(0, 10, (k, batch)).astype(np.int32)
+
     def float_batch(self, images: np.ndarray, labels: np.ndarray) -> dict[str, jax.Array]:
         """A normalised float32 ``{"image": [B, 32, 32, 3], "label": [B]}`` batch."""
         x = input_pipeline.normalize(jnp.asarray(images), self.mean, self.std)
@@ -92,7 +104,7 @@ def has_while_loop(lowered: Any) -> bool:
     return stablehlo_loops.convolutions_in_while_loops(lowered.as_text()) > 0
 
 
-def matmul(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def matmul(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Best-of-``matmul_reps`` fp32 GFLOP/s of an N x N matmul, jitted."""
     x = jax.random.normal(jax.random.key(0), (MATMUL_N, MATMUL_N), jnp.float32)
     y = jax.random.normal(jax.random.key(1), (MATMUL_N, MATMUL_N), jnp.float32)
@@ -101,42 +113,41 @@ def matmul(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     return {"gflops": timing.matmul_gflops(seconds, MATMUL_N)}
 
 
-def _steps_per_call(cfg: Config, sizes: Sizes) -> tuple[int, int | None]:
-    """``(steps per call, unroll)`` of a model-step configuration (unroll None: all)."""
-    if cfg.rolled:
-        return sizes.rolled_steps, 1
-    return (sizes.fused_steps if cfg.fused else 1), None
-
-
-def _lower_step(setup: JaxSetup, cfg: Config, k: int, unroll: int | None) -> tuple[Any, ...]:
-    """``(lowered, state, args)``: the model step on random uint8 data, K batches of 128."""
-    rng = np.random.default_rng(1)
-    host_images = rng.integers(0, 256, (k, BATCH, 32, 32, 3), dtype=np.uint8)
-    host_labels = rng.integers(0, 10, (k, BATCH)).astype(np.int32)
+def _lower_step(setup: JaxSetup, cfg: Config, k: int, unroll: int) -> tuple[Any, ...]:
+    """``(lowered, state, args)``: the model step on K random uint8 batches."""
+    host_images, host_labels = setup.random_batches(k)
     if cfg.driver:
         state = setup.replicated_state()
         images, labels = setup.device_batch(host_images, host_labels)
         args: tuple[Any, ...] = (images, labels, jax.random.key(2))
-        jitted = setup.train_fn(augment=False, steps_per_call=k, unroll=unroll)
+        jitted = setup.train_fn(augment=cfg.augment, steps_per_call=k, unroll=unroll)
     else:
         state, args = setup.state, (setup.float_batch(host_images[0], host_labels[0]),)
         jitted = setup.plain_step()
     return jitted.lower(state, *args), state, args
 
 
-def _step_calls(sizes: Sizes, k: int, rolled: bool) -> tuple[int, int]:
-    """``(warm-up calls, the first included; timed calls)`` of a model step."""
-    if rolled:  # far slower: time one call after the first
-        return 1, 1
-    if k > 1:
-        return sizes.fused_warmup_calls, sizes.fused_timed_calls
-    return sizes.step_warmup, sizes.step_timed
+def cost_per_step(compiled: Any, k: int) -> dict[str, float]:
+    """XLA's cost analysis of a compiled call of K steps: FLOPs and bytes accessed per step."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    return {
+        "flops_per_step": float(analysis.get("flops", float("nan"))) / k,
+        "bytes_per_step": float(analysis.get("bytes accessed", float("nan"))) / k,
+    }
 
 
-def step(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
-    """Model-step training throughput on random data (batch 128), compile time apart."""
-    setup = JaxSetup()
-    k, unroll = _steps_per_call(cfg, sizes)
+def step(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
+    """Model-step training throughput on random data, compile time apart.
+
+    The driver runs K steps per call (`Config.steps`), unrolled or rolled, with or
+    without augmentation (`Config.augment`). A program without a loop records
+    XLA's cost of one step (a while loop's body counts once: rolled ones get none).
+    """
+    batch, k, unroll = cfg.batch(sizes), cfg.steps(sizes), cfg.unroll(sizes)
+    setup = JaxSetup(sizes.model, cfg.dtype, batch)
     lowered, state, args = _lower_step(setup, cfg, k, unroll)
     rolled = has_while_loop(lowered)
     if rolled and not sizes.measure_rolled:
@@ -144,85 +155,79 @@ def step(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    holder = {"state": state}
 
-    def call() -> Any:
-        nonlocal state
-        state, metrics = compiled(state, *args)
-        return metrics
+    def call() -> None:
+        holder["state"], holder["metrics"] = compiled(holder["state"], *args)
+        jax.block_until_ready(holder)
 
-    first = timing.time_calls(call, jax.block_until_ready, 1)
-    warmup_calls, timed_calls = _step_calls(sizes, k, rolled)
-    timing.time_calls(call, jax.block_until_ready, warmup_calls - 1)
-    elapsed = timing.time_calls(call, jax.block_until_ready, timed_calls)
+    first = timing.warm_up(call, sizes.warmup_calls)
+    rates = timing.rates(call, k * batch, sizes.min_timed_s, sizes.repeats)
     return {
-        "img_s": timed_calls * k * BATCH / elapsed,
+        **timing.rate_summary(rates, batch),
+        **(cost_per_step(compiled, k) if unroll == k else {}),
         "compile_s": compile_s,
         "first_call_s": first,
+        "batch": batch,
         "steps_per_call": k,
-        "timed_steps": timed_calls * k,
+        "unroll": unroll,
+        "dtype": cfg.dtype,
+        "last_loss": float(np.asarray(holder["metrics"]["loss"]).reshape(-1)[-1]),
+        "device": jax.devices()[0].device_kind,
         "rolled_while_loop": rolled,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
-def _driver_has_while_loop(steps_per_call: int) -> bool:
-    """Whether jresnet's training driver at ``steps_per_call`` lowers to a while loop."""
-    setup = JaxSetup()
-    shape = (steps_per_call, BATCH)
-    images, labels = setup.device_batch(
-        np.zeros((*shape, 32, 32, 3), np.uint8), np.zeros(shape, np.int32)
-    )
-    fn = setup.train_fn(augment=True, steps_per_call=steps_per_call)
-    return has_while_loop(fn.lower(setup.replicated_state(), images, labels, jax.random.key(0)))
+def copy(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
+    """Bytes/s (read plus written) of an on-device copy of a ``copy_bytes`` float32 array."""
+    x = jnp.ones((sizes.copy_bytes // 4,), jnp.float32)
+    double = jax.jit(lambda a: a * 2.0)
+    seconds = timing.median_ms(lambda: double(x), jax.block_until_ready, 10) / 1e3
+    device = jax.devices()[0].device_kind
+    return {"copy_gb_s": 2 * sizes.copy_bytes / seconds / 1e9, "device": device}
 
 
-def _e2e_splits(data: str | None, sizes: Sizes, steps: int) -> input_pipeline.Splits:
-    """``steps`` batches of training images and one eval batch, from memory."""
-    train_images, train_labels, _ = bench_data.load(data, "train", sizes.e2e_steps * BATCH)
-    test_images, test_labels, _ = bench_data.load(data, "test", EVAL_BATCH)
-    n = steps * BATCH
-    return input_pipeline.Splits(
+def e2e(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
+    """jresnet's own training loop (`train.train_and_evaluate`) over two epochs of
+    ``e2e_steps`` steps, data in memory, eval and checkpoints included.
+
+    The first epoch warms up; the second is timed by the loop's own ``images_per_s`` in
+    ``metrics.jsonl``; ``wall_s`` is the whole call's.
+    """
+    batch, n = cfg.batch(sizes), sizes.e2e_steps * cfg.batch(sizes)
+    config = default.get_config()
+    config.model, config.dtype, config.batch_size = sizes.model, cfg.dtype, batch
+    config.num_epochs, config.steps_per_call = 2, cfg.steps(sizes)
+    train_images, train_labels = bench_data.load(data, "train", n)
+    test_images, test_labels = bench_data.load(data, "test", EVAL_BATCH)
+    splits = input_pipeline.Splits(
         train_images[:n], train_labels[:n], test_images[:EVAL_BATCH], test_labels[:EVAL_BATCH]
     )
-
-
-def e2e(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
-    """jresnet's own training loop (`train.train_and_evaluate`) over two epochs, data in memory.
-
-    The first epoch compiles and warms up; the second is timed by the loop's own
-    ``images_per_s`` in ``metrics.jsonl``.
-    """
-    config = default.get_config()
-    config.num_epochs = 2
-    config.steps_per_call = k = sizes.fused_steps if cfg.fused else 1
-    rolled = _driver_has_while_loop(k)
-    if rolled and not sizes.measure_rolled:
-        return dict(SKIPPED_ROLLED)
-    steps = 1 if rolled else sizes.e2e_steps  # rolled: far slower, one step per epoch
-    splits = _e2e_splits(data, sizes, steps)
     with tempfile.TemporaryDirectory(prefix="jresnet-bench-workdir-") as workdir:
+        start = time.perf_counter()
         train.train_and_evaluate(config, workdir, data=splits)
-        records = reporting.read_metrics(workdir)
-    warm, timed = records[0], records[1]
+        wall_s = time.perf_counter() - start
+        warm, timed = reporting.read_metrics(workdir)
     return {
-        "img_s": timed["images_per_s"],
+        **timing.rate_summary([timed["images_per_s"]], batch),
         "first_call_s": warm["epoch_time_s"],
         "compile_s": warm["epoch_time_s"] - timed["epoch_time_s"],
-        "real_data": bool(data),
+        "wall_s": wall_s,
         "train_loss": timed["train_loss"],
-        "steps_per_call": k,
-        "timed_steps": steps,
-        "rolled_while_loop": rolled,
+        "batch": batch,
+        "steps_per_call": config.steps_per_call,
+        "timed_steps": sizes.e2e_steps,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
-def eval_(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def eval_(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Eval throughput at batch 1000 (`steps.evaluate`, uint8 in, normalised in the step)."""
     n = sizes.eval_batches * EVAL_BATCH
-    images, labels, real = bench_data.load(data, "test", n)
+    images, labels = bench_data.load(data, "test", n)
     images, labels = images[:n], labels[:n]
-    setup = JaxSetup()
+    setup = JaxSetup(sizes.model, cfg.dtype)
     eval_fn = steps.make_eval_fn(setup.model, setup.mean, setup.std, setup.mesh)
     state = setup.replicated_state()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -235,8 +240,7 @@ def eval_(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     first = time.perf_counter() - start
     start = time.perf_counter()
     evaluate(images, labels)
-    elapsed = time.perf_counter() - start
-    return {"img_s": n / elapsed, "first_call_s": first, "real_data": real}
+    return {"img_s": n / (time.perf_counter() - start), "first_call_s": first}
 
 
 def _diag_throughputs(
@@ -318,7 +322,7 @@ def _diag_host_pieces(setup: JaxSetup, images: np.ndarray, labels: np.ndarray) -
     return out
 
 
-def diag(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def diag(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Where jresnet's training step spends time beyond the model (one process, one pass).
 
     Throughput (img/s over ``diag_steps`` steps after warm-up, batches already on the
@@ -327,10 +331,9 @@ def diag(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     with augmentation, 1 and K steps per call; then the host-side pieces of the loop.
     """
     k = sizes.fused_steps
-    images, labels, real = bench_data.load(data, "train", k * BATCH)
-    setup = JaxSetup()
+    images, labels = bench_data.load(data, "train", k * BATCH)
+    setup = JaxSetup(sizes.model)
     return {
-        "real_data": real,
         "steps": sizes.diag_steps,
         "k": k,
         **_diag_throughputs(setup, images, labels, sizes.diag_steps, k),
@@ -365,7 +368,7 @@ def _conv_calls(
     return calls
 
 
-def convs(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def convs(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Median ms of each of ResNet-20's convolutions alone: forward, input and weight gradient.
 
     Random float32 data at batch 128, NHWC/HWIO, explicit padding: the model's own
@@ -389,8 +392,9 @@ def convs(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     }
 
 
-MEASURES: dict[str, Callable[[Config, Sizes, str | None], dict[str, Any]]] = {
+MEASURES: dict[str, Callable[[Config, Sizes, str], dict[str, Any]]] = {
     "matmul": matmul,
+    "copy": copy,
     "step": step,
     "e2e": e2e,
     "eval": eval_,

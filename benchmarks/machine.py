@@ -1,4 +1,4 @@
-"""The machine a benchmark runs on: CPU, RAM, package versions, and other processes' load."""
+"""The machine a benchmark runs on: CPU, RAM, GPU, package versions, other processes' load."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import resource
 from importlib import metadata
 from typing import Any
 
+from benchmarks import gpu
+
 AMD_FAMILIES = {23: "Zen 1/2", 25: "Zen 3/4", 26: "Zen 5"}
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "numpy")
+CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")  # listed where installed
 
 
 def _first_cpu() -> dict[str, str]:
@@ -39,7 +42,7 @@ def _ram_gib() -> float | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core counts and RAM of this machine."""
+    """CPU model, core counts, RAM and GPU (`benchmarks.gpu.gpu_info`) of this machine."""
     cpu = _first_cpu()
     model = cpu.get("model name", platform.processor() or "unknown")
     family = cpu.get("cpu family", "?")
@@ -54,17 +57,19 @@ def machine_info() -> dict[str, Any]:
         "ram_gib": _ram_gib(),
         "os": platform.platform(),
         "load_average_at_start": os.getloadavg(),
+        "gpu": gpu.gpu_info(),
     }
 
 
 def versions() -> dict[str, str]:
     """Versions of Python and the packages benchmarked."""
     out = {"python": platform.python_version()}
-    for package in PACKAGES:
+    for package in PACKAGES + CUDA_PLUGINS:
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
-            out[package] = "not installed"
+            if package not in CUDA_PLUGINS:
+                out[package] = "not installed"
     return out
 
 

@@ -1,42 +1,42 @@
-"""jresnet against a PyTorch reproduction of the seed's training, on this machine, in one run.
+"""jresnet's benchmark: one command, one worker process per configuration and round.
 
-Usage (from the repository root; about 15 minutes on 2 cores, ``--quick`` about 3)::
+Usage (from the repository root)::
 
-    python -m benchmarks.run [--quick] [--data-dir /work/data/tfds] [--rounds 3] [--output PATH]
+    python -m benchmarks.run --data-dir DIR [--profile cpu|gpu] [--dry-run] [--rounds N]
+                             [--output PATH] [--only NAMES] [--budget-s S]
+    python -m benchmarks.run --render RESULTS.json [--output PATH]
 
-Every configuration (`benchmarks.configs`) runs in its own worker process
-(`benchmarks.workers`, so XLA flags, thread settings and the peak RSS belong to that
-configuration alone), interleaved ``A B C ... A B C ...`` over ``--rounds`` rounds; tables
-show the median over rounds, the min-max, and ratios of medians (`benchmarks.report`).
+``--data-dir`` is a TFDS data dir holding ``cifar10`` (``python -m jresnet.prepare_data``
+writes one); it is loaded once (`benchmarks.data`) and handed to the workers.
 
-Measurements:
+Profiles (`benchmarks.configs`):
 
-1. model step: training images/s at batch 128 on random data already on the device, after
-   warm-up (compile time apart), through jresnet's own jitted driver
-   (`jresnet.steps.make_train_fn`, no augmentation) with default XLA flags, with the YNN
-   flag, with K steps per call (``steps_per_call``, an unrolled scan), and once with a
-   rolled scan (an XLA while loop, what XLA:CPU runs slowly); against the seed in torch,
-   eager NCHW and channels_last. Also as a share of the machine's fp32 matmul peak.
-2. end to end: jresnet's real training loop, `jresnet.train.train_and_evaluate` itself (as
-   ``train.py`` runs it, XLA flags from `jresnet.xla_setup`), over two short epochs of the
-   same steps, the second timed by the loop's own ``images_per_s``; the data comes from
-   memory (``train_and_evaluate(..., data=input_pipeline.Splits(...))`` with the arrays this
-   run loaded once: real CIFAR-10 when ``--data-dir`` holds it, synthetic otherwise).
-   Against the seed's ``DataLoader(num_workers=2)`` loop, eager and channels_last.
-3. eval: batch 1000, inference mode.
-4. peak RSS of each configuration's process (and of its DataLoader workers).
-5. each of ResNet-20's 21 convolutions alone (forward, input gradient, weight gradient),
-   XLA (shipped flags, on 1 CPU, default flags) against torch (eager, channels_last), and
-   their count-weighted sum per training step: where the model step's time goes.
+* ``cpu`` (about 15 minutes on 2 cores): jresnet against a PyTorch reproduction of the
+  seed's training (`benchmarks.torch_seed`). The model step (random data, compile time
+  apart) through jresnet's jitted driver (`jresnet.steps.make_train_fn`) with default
+  XLA flags, the YNN flag, K unrolled steps per call and a rolled scan; end to end,
+  `jresnet.train.train_and_evaluate` itself over two short epochs (the second timed by
+  the loop's own ``metrics.jsonl``), against the seed's ``DataLoader(num_workers=2)``
+  loop; eval at batch 1000; each of ResNet-20's 21 convolutions alone; the fp32 matmul
+  peak; peak RSS; once, where the step spends time beyond the model.
+* ``gpu`` (one GPU; ``--budget-s`` caps it): the fused train step in float32 and bfloat16
+  at the seed's batch and a large one, K unrolled steps per call against rolled scans
+  (K, or a whole epoch per call), with XLA's cost of a step against the card's
+  datasheet (`benchmarks.gpu`) and a measured device copy; the seed's model step and
+  loop on the same card (eager and channels_last); jresnet's loop end to end.
 
-Plus the fp32 matmul peak (4096 x 4096; numpy, jax and torch), the CPU time other processes
-took meanwhile (the run's noise), and, once, where jresnet's training step spends time
-beyond the model (augmentation, the sharded driver, host-side work per step).
+Every configuration runs in its own worker process (`benchmarks.workers`: XLA flags,
+thread settings, the GPU's memory and the peak RSS belong to it alone), interleaved
+``A B C ... A B C ...`` over ``--rounds`` rounds; tables show the median over rounds, the
+min-max, and ratios of medians (`benchmarks.report`).
 
-The full run writes ``benchmarks/RESULTS.md`` and ``benchmarks/RESULTS.json``; ``--quick``
-(one round, few steps) prints the report and writes only to ``--output`` if given. Neither
-file names a path of the machine (data dir, checkout, Python): the report says only
-whether the data was real or synthetic, and how many images.
+A full run writes ``benchmarks/RESULTS.md`` (cpu) or ``benchmarks/GPU_RESULTS.md`` (gpu)
+and the ``.json`` beside it, which is rewritten after every worker (a run cut short keeps
+what it measured); ``--render`` writes the ``.md`` again from a ``.json``. ``--dry-run``
+runs each configuration once at tiny sizes (the gpu profile's on a CPU too), prints the
+report and writes only to ``--output``; its numbers mean nothing, and it is never
+written into benchmarks/. No file names a path of the machine (data dir, checkout,
+Python).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from jresnet.xla_setup import KNOWN_JAXLIB_PREFIXES, YNN_FUSION_FLAG
 try:
     from benchmarks import data as bench_data
     from benchmarks import machine, report
-    from benchmarks.configs import CONFIG_BY_NAME, CONFIGS, Config, sizes_for
+    from benchmarks.configs import PROFILES, SIZES, Config, profile_configs
     from benchmarks.resnet20 import conv_totals
 except ModuleNotFoundError as e:  # run as a file: benchmarks/ is not importable as a package
     if e.name != "benchmarks":
@@ -70,63 +70,72 @@ except ModuleNotFoundError as e:  # run as a file: benchmarks/ is not importable
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
-DEFAULT_DATA_DIR = "/work/data/tfds"
 WORKER_TIMEOUT_S = 600
+DEFAULT_OUTPUT = {"cpu": "RESULTS.md", "gpu": "GPU_RESULTS.md"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[Config]]:
-    """The options and the configurations to run (``--only``, else all; --quick: not once)."""
+    """The options and the configurations to run (``--only``, else the profile's; a dry
+    run: not the "once" ones of the cpu profile)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--quick", action="store_true", help="one round, few steps (~3 min)")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="TFDS data dir")
-    parser.add_argument("--rounds", type=int, default=None, help="default 3 (quick: 1)")
-    parser.add_argument("--output", help="report path (default RESULTS.md; quick: stdout)")
+    parser.add_argument("--data-dir", help="TFDS data dir holding cifar10 (required)")
+    parser.add_argument("--profile", choices=PROFILES, default="cpu", help="default: cpu")
+    parser.add_argument("--dry-run", action="store_true", help="one round, tiny sizes")
+    parser.add_argument("--rounds", type=int, help="default 3 (gpu, dry run: 1)")
+    parser.add_argument("--output", help="report path (default benchmarks/; dry run: stdout)")
     parser.add_argument("--only", help="comma-separated config names (for development)")
+    parser.add_argument("--budget-s", type=float, help="no worker starts or runs past it")
+    parser.add_argument("--render", help="only write the report of this results .json")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    if args.render:
+        return args, []
+    if not args.data_dir:
+        parser.error("--data-dir is required: a TFDS data dir holding cifar10")
+    default_rounds = 1 if args.dry_run or args.profile == "gpu" else 3
+    args.rounds = args.rounds or default_rounds
+    configs = profile_configs(args.profile)
     if args.only:
         wanted = set(args.only.split(","))
-        unknown = wanted - set(CONFIG_BY_NAME)
+        unknown = wanted - {c.name for c in configs}
         if unknown:
-            parser.error(f"unknown configs {sorted(unknown)}; known: {sorted(CONFIG_BY_NAME)}")
-        return args, [c for c in CONFIGS if c.name in wanted]
-    return args, [c for c in CONFIGS if not (args.quick and c.once)]
+            known = sorted(c.name for c in configs)
+            parser.error(f"unknown {args.profile} configs {sorted(unknown)}; known: {known}")
+        return args, [c for c in configs if c.name in wanted]
+    return args, [c for c in configs if not (args.dry_run and c.once and c.platform == "cpu")]
 
 
 def ynn_flag_usable(jaxlib_version: str) -> bool:
     """Whether this jaxlib accepts the YNN flag (known versions, else a probe process)."""
     if jaxlib_version.startswith(KNOWN_JAXLIB_PREFIXES):
         return True
-    env = dict(os.environ, XLA_FLAGS=YNN_FUSION_FLAG)
+    env = dict(os.environ, XLA_FLAGS=YNN_FUSION_FLAG, JAX_PLATFORMS="cpu")
     probe = "import jax.numpy as jnp; jnp.zeros(2).block_until_ready()"
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True)
     return result.returncode == 0
 
 
 def worker_env(cfg: Config | None) -> dict[str, str]:
-    """A worker's environment: XLA_FLAGS only for "ynn" configurations."""
+    """A worker's environment: XLA_FLAGS only for "ynn" configurations; the cpu profile's
+    JAX on the CPU."""
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env.pop("JRESNET_XLA_CPU_FLAGS", None)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if cfg is None or cfg.platform == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
     if cfg is not None and cfg.xla == "ynn":
         env["XLA_FLAGS"] = YNN_FUSION_FLAG
     return env
 
 
-def worker_args(name: str, quick: bool, data: str | None, result: str) -> list[str]:
+def worker_args(name: str, dry_run: bool, data: str, result: str) -> list[str]:
     """A worker's arguments after ``python -m benchmarks.workers``."""
-    args = ["--worker", name, "--result", result]
-    if data:
-        args += ["--data", data]
-    if quick:
-        args.append("--quick")
-    return args
+    return ["--worker", name, "--result", result, "--data", data] + ["--dry-run"] * dry_run
 
 
 def shown_command(argv: Sequence[str]) -> str:
     """``python -m benchmarks.run ARGS`` with path-valued options shown as placeholders."""
-    placeholders = {"--data-dir": "DATA_DIR", "--output": "OUTPUT"}
+    placeholders = {"--data-dir": "DATA_DIR", "--output": "OUTPUT", "--render": "RESULTS"}
     shown: list[str] = []
     hide: str | None = None
     for arg in argv:
@@ -156,37 +165,43 @@ class Session:
     """One benchmark run's worker scheduling: where results go and what was started.
 
     Attributes:
-      quick: the QUICK sizes.
-      tmp: temporary folder for the workers' results (and the prepared data).
+      dry_run: the profiles' dry-run sizes.
+      tmp: temporary folder for the workers' results and the prepared data.
       log: progress messages (stderr).
       placeholders: machine path -> placeholder, applied to worker errors.
-      data: folder of the prepared .npy data; None: synthetic data.
+      deadline: ``time.time()`` after which no worker starts or runs (``--budget-s``).
       worker_commands: configuration name -> (environment, command) as shown in the report.
     """
 
-    quick: bool
+    dry_run: bool
     tmp: str
     log: Callable[[str], None]
     placeholders: dict[str, str]
-    data: str | None = None
+    deadline: float = float("inf")
     worker_commands: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def spawn(self, name: str, cfg: Config | None, extra: Sequence[str] = ()) -> dict[str, Any]:
         """Runs one worker; returns its result (or the error), wall time and background load."""
+        left = self.deadline - time.time()
+        if left <= 0:
+            return {"skipped": "out of time (--budget-s)"}
         result_path = os.path.join(self.tmp, f"{name}.json")
         if os.path.exists(result_path):
             os.remove(result_path)
-        args = worker_args(name, self.quick, self.data, result_path) + list(extra)
+        args = worker_args(name, self.dry_run, self.tmp, result_path) + list(extra)
         busy_before, cpu_before = machine.busy_cpu_s(), machine.children_cpu_s()
         start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.workers", *args],
-            cwd=ROOT,
-            env=worker_env(cfg),
-            capture_output=True,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.workers", *args],
+                cwd=ROOT,
+                env=worker_env(cfg),
+                capture_output=True,
+                text=True,
+                timeout=min(WORKER_TIMEOUT_S, left),
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {time.perf_counter() - start:.0f} s"}
         wall = time.perf_counter() - start
         # CPU time that processes other than this worker (and its children) used meanwhile.
         other = (machine.busy_cpu_s() - busy_before) - (machine.children_cpu_s() - cpu_before)
@@ -195,29 +210,30 @@ class Session:
             return {"error": f"exit {proc.returncode}: {tail}", "wall_s": wall}
         with open(result_path) as f:
             result = json.load(f)
-        result["wall_s"] = wall
+        result["wall_s"] = result.get("wall_s", wall)
         result["other_load"] = max(other, 0.0) / wall
         return result
 
     def record_command(self, name: str, cfg: Config | None, extra: Sequence[str] = ()) -> None:
         """Notes a worker's command line for the report, paths as placeholders."""
         env = f"XLA_FLAGS={shlex.quote(YNN_FUSION_FLAG)} " if cfg and cfg.xla == "ynn" else ""
-        args = worker_args(name, self.quick, self.data and "DATA", "OUT.json") + list(extra)
+        args = worker_args(name, self.dry_run, "DATA", "OUT.json") + list(extra)
         command = shlex.join(["python", "-m", "benchmarks.workers", *args])
         self.worker_commands[name] = (env, command)
 
 
-def prepare_data(session: Session, data_dir: str) -> dict[str, Any] | None:
-    """Loads TFDS CIFAR-10 once into ``session.tmp`` (sets ``session.data``); None: synthetic."""
+def prepare_data(session: Session, data_dir: str) -> dict[str, Any]:
+    """Loads TFDS CIFAR-10 once into ``session.tmp`` as .npy (the ``prepare`` worker)."""
     if not os.path.isdir(os.path.join(data_dir, bench_data.DATASET)):
-        return None
-    session.data = session.tmp  # where the prepare worker writes (its --data)
+        raise errors.DataError(
+            f"--data-dir {data_dir} holds no {bench_data.DATASET}: give a TFDS data dir "
+            "(python -m jresnet.prepare_data writes one)"
+        )
     session.record_command("prepare", None, ["--data-dir", "DATA_DIR"])
     info = session.spawn("prepare", None, ["--data-dir", data_dir])
-    if "error" in info:
-        session.log(f"could not load --data-dir: {info['error'][-500:]}; using synthetic data")
-        session.data = None
-        return None
+    if "error" in info or "skipped" in info:
+        tail = info.get("error", info.get("skipped", ""))[-500:]
+        raise errors.DataError(f"could not load --data-dir {data_dir}: {tail}")
     return info
 
 
@@ -227,18 +243,21 @@ def log_result(session: Session, progress: str, cfg: Config, result: dict[str, A
         session.log(f"{progress} {cfg.name}: error")
         session.log(result["error"][-1500:])
     elif result.get("skipped"):
-        session.log(f"{progress} {cfg.name}: not measured (rolled while loop)")
+        session.log(f"{progress} {cfg.name}: not measured: {result['skipped']}")
     else:
-        shown = result.get("img_s", result.get("gflops", result.get("total_ms")))
+        shown = result.get("img_s", result.get("gflops", result.get("copy_gb_s")))
+        shown = result.get("total_ms", shown)
         session.log(
             f"{progress} {cfg.name}: {report.fmt(shown, 1)} ({result['wall_s']:.1f} s, "
             f"background load {result.get('other_load', 0.0):.2f} cores)"
         )
 
 
-def run_rounds(session: Session, configs: list[Config], rounds: int) -> report.Runs:
-    """Every configuration once per round, interleaved; "once" ones (and rolled) in round 1."""
-    runs: report.Runs = {c.name: [] for c in configs}
+def run_rounds(
+    session: Session, configs: list[Config], rounds: int, runs: report.Runs, save: Callable
+) -> None:
+    """Every configuration once per round, interleaved, into ``runs``; "once" ones (and
+    rolled) in round 1 only. ``save`` runs after each worker."""
     measure_once = {c.name for c in configs if c.once}
     for r in range(rounds):
         for cfg in configs:
@@ -253,11 +272,27 @@ def run_rounds(session: Session, configs: list[Config], rounds: int) -> report.R
             if "ms" in result:
                 result["total_ms"] = conv_totals(result["ms"])["all"]
             log_result(session, f"round {r + 1}/{rounds}", cfg, result)
-    return runs
+            save()
+
+
+def output_path(args: argparse.Namespace) -> str | None:
+    """Where the report goes: ``--output``; else benchmarks/ (a dry run: nowhere)."""
+    if args.output or args.render:
+        return args.output or os.path.splitext(args.render)[0] + ".md"
+    return None if args.dry_run else os.path.join(BENCH_DIR, DEFAULT_OUTPUT[args.profile])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, configs = parse_args(argv)
+    output = output_path(args)
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise errors.OutputError(f"--output {output}: its folder does not exist")
+    if args.render:
+        with open(args.render) as f:
+            results = json.load(f)
+        report.write_results(results, output, BENCH_DIR)
+        print(report.render_report(results))
+        return
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -267,33 +302,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     ynn_usable = ynn_flag_usable(versions["jaxlib"])
     configs = [c for c in configs if ynn_usable or c.xla != "ynn"]
     machine_at_start = machine.machine_info()
+    if args.profile == "gpu" and not args.dry_run and machine_at_start["gpu"] is None:
+        raise errors.ConfigError(
+            "--profile gpu needs an NVIDIA GPU (nvidia-smi found none); "
+            "--dry-run runs it tiny on a CPU"
+        )
     data_dir = os.path.abspath(args.data_dir)
-    with tempfile.TemporaryDirectory(prefix="jresnet-bench-") as tmp:
-        placeholders = {tmp: "TMP", data_dir: "DATA_DIR", ROOT: ".", sys.prefix: "VENV"}
-        session = Session(args.quick, tmp, log, placeholders)
-        data_desc = bench_data.describe(prepare_data(session, data_dir))
-        log(f"data: {data_desc}")
-        runs = run_rounds(session, configs, args.rounds)
-    shipped = [r for c in configs if c.xla == "shipped" for r in runs[c.name]]
-    results = {
+    results: dict[str, Any] = {
         "command": shown_command(sys.argv[1:] if argv is None else argv),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "profile": args.profile,
+        "dry_run": args.dry_run,
         "rounds": args.rounds,
-        "wall_min": (time.perf_counter() - started) / 60,
         "machine": machine_at_start,
         "versions": versions,
-        "data": data_desc,
-        "real_data": session.data is not None,
         "ynn_usable": ynn_usable,
-        "shipped_flags": next((r["xla_flags"] for r in shipped if "xla_flags" in r), ""),
-        "sizes": dataclasses.asdict(sizes_for(args.quick)),
-        "worker_commands": session.worker_commands,
-        "runs": runs,
+        "sizes": dataclasses.asdict(SIZES[args.profile, args.dry_run]),
     }
+    with tempfile.TemporaryDirectory(prefix="jresnet-bench-") as tmp:
+        placeholders = {tmp: "TMP", data_dir: "DATA_DIR", ROOT: ".", sys.prefix: "VENV"}
+        deadline = time.time() + (args.budget_s or float("inf"))
+        session = Session(args.dry_run, tmp, log, placeholders, deadline)
+        results["data"] = bench_data.describe(prepare_data(session, data_dir))
+        log(f"data: {results['data']}")
+        results["worker_commands"] = session.worker_commands
+        results["runs"] = {c.name: [] for c in configs}
+
+        def save() -> None:
+            results["wall_min"] = (time.perf_counter() - started) / 60
+            if output:
+                report.write_json(results, output, BENCH_DIR)
+
+        run_rounds(session, configs, args.rounds, results["runs"], save)
+    shipped = [r for c in configs if c.xla == "shipped" for r in results["runs"][c.name]]
+    results["shipped_flags"] = next((r["xla_flags"] for r in shipped if "xla_flags" in r), "")
+    save()
     text = report.render_report(results)
-    output = args.output or (None if args.quick else os.path.join(BENCH_DIR, "RESULTS.md"))
     if output:
-        report.write_results(results, text, output)
+        report.write_results(results, output, BENCH_DIR)
         log(f"wrote {output}")
     print(text)
 

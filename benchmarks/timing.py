@@ -1,4 +1,7 @@
-"""Timing helpers shared by the benchmark workers and `benchmarks.weight_gradient`."""
+"""Timing helpers shared by the benchmark workers and `benchmarks.weight_gradient`.
+
+Wall-clock (``time.perf_counter``) around calls that end synchronised with the device.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchmarks.configs import PROJECTED_EPOCHS, TRAIN_IMAGES
 
 
 def time_calls(fn: Callable[[], Any], sync: Callable[[Any], Any], calls: int) -> float:
@@ -16,6 +21,45 @@ def time_calls(fn: Callable[[], Any], sync: Callable[[Any], Any], calls: int) ->
         out = fn()
     sync(out)
     return time.perf_counter() - start
+
+
+def warm_up(call: Callable[[], Any], calls: int) -> float:
+    """Seconds of ``call``'s first call (which blocks), then ``calls`` more, untimed."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    for _ in range(calls):
+        call()
+    return first
+
+
+def rates(
+    call: Callable[[], Any], images_per_call: int, min_seconds: float, repeats: int
+) -> list[float]:
+    """Images/s of ``repeats`` back-to-back blocks of calls, each block at least
+    ``min_seconds`` long (and one call). ``call`` must block until its work is done."""
+    out = []
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - start < min_seconds:
+            call()
+            calls += 1
+        out.append(calls * images_per_call / (time.perf_counter() - start))
+    return out
+
+
+def rate_summary(rates: list[float], batch: int) -> dict[str, Any]:
+    """The median of ``rates`` (images/s) and all of them, ms per step of ``batch`` images,
+    and the projected minutes of `PROJECTED_EPOCHS` epochs of `TRAIN_IMAGES`."""
+    img_s = statistics.median(rates)
+    ms_per_step = 1e3 * batch / img_s
+    projected_min = PROJECTED_EPOCHS * (TRAIN_IMAGES // batch) * ms_per_step / 60e3
+    return {
+        "img_s": img_s,
+        "img_s_repeats": rates,
+        "ms_per_step": ms_per_step,
+        "projected_min": projected_min,
+    }
 
 
 def median_ms(fn: Callable[[], Any], sync: Callable[[Any], Any], reps: int) -> float:

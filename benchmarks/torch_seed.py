@@ -216,6 +216,7 @@ class SeedTrainer:
       seed: ``torch.manual_seed`` for the initial weights.
       depth: ``6n + 2`` layers (20, the seed's; 8 for tests).
       learning_rate, momentum, weight_decay: the seed's SGD.
+      device: where the model lives and each batch goes ("cpu", "cuda").
     """
 
     def __init__(
@@ -226,10 +227,12 @@ class SeedTrainer:
         learning_rate: float = LEARNING_RATE,
         momentum: float = MOMENTUM,
         weight_decay: float = WEIGHT_DECAY,
+        device: str = "cpu",
     ) -> None:
         torch.manual_seed(seed)
         self.channels_last = channels_last
-        self.model = torch_reference.torch_resnet(depth, "B")
+        self.device = device
+        self.model = torch_reference.torch_resnet(depth, "B").to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss()
@@ -241,7 +244,8 @@ class SeedTrainer:
         )
 
     def prepare(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The input batch in the trainer's memory format."""
+        """The input batch on the trainer's device, in its memory format."""
+        inputs = inputs.to(self.device)
         if self.channels_last:
             return inputs.to(memory_format=torch.channels_last)
         return inputs
@@ -251,7 +255,7 @@ class SeedTrainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step; returns ``(loss, outputs)`` (still tensors: no host sync)."""
         self.model.train()
-        inputs = self.prepare(inputs)
+        inputs, targets = self.prepare(inputs), targets.to(self.device)
         self.optimizer.zero_grad()
         outputs = self.model(inputs)
         loss = self.criterion(outputs, targets)
@@ -270,7 +274,8 @@ class SeedTrainer:
         for inputs, targets in batches:
             loss, outputs = self.step(inputs, targets)
             _, predicted = outputs.max(1)
-            yield loss.item(), int(predicted.eq(targets).sum().item()), targets.size(0)
+            correct = predicted.eq(targets.to(self.device)).sum().item()
+            yield loss.item(), int(correct), targets.size(0)
 
     @torch.inference_mode()
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:

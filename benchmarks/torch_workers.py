@@ -7,8 +7,9 @@ Each function measures one configuration in this worker process and returns its 
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from benchmarks.resnet20 import RESNET20_CONVS, ConvShape
 from benchmarks.timing import median_ms
 
 
-def matmul(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def matmul(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Best-of-``matmul_reps`` fp32 GFLOP/s of an N x N matmul."""
     a = torch.randn(MATMUL_N, MATMUL_N)
     b = torch.randn(MATMUL_N, MATMUL_N)
@@ -31,71 +32,59 @@ def matmul(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     return {"gflops": timing.matmul_gflops(seconds, MATMUL_N)}
 
 
-def step(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
-    """Model-step training throughput on random data (batch 128)."""
-    trainer = torch_seed.SeedTrainer(channels_last=cfg.channels_last)
-    inputs = torch.randn(BATCH, 3, 32, 32)
-    targets = torch.randint(0, 10, (BATCH,))
+def device_of(cfg: Config) -> str:
+    """ "cuda" for the gpu profile where torch sees a GPU, else "cpu"."""
+    if cfg.platform == "gpu" and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # as the seed sets it on CUDA
+        return "cuda"
+    return "cpu"
 
-    def steps(count: int) -> float:
-        """Seconds for ``count`` steps, the last loss read back (a no-op for 0 steps)."""
-        start = time.perf_counter()
-        loss = None
-        for _ in range(count):
-            loss, _ = trainer.step(inputs, targets)
-        if loss is not None:
-            loss.item()
-        return time.perf_counter() - start
 
-    first = steps(1)
-    steps(sizes.step_warmup - 1)
-    elapsed = steps(sizes.step_timed)
+def _train_rates(
+    cfg: Config, sizes: Sizes, batches: Iterator[Any], batch: int = BATCH
+) -> dict[str, Any]:
+    """The seed's loop (``loss.item()`` and the accuracy read back after every step) over
+    ``batches`` of ``batch`` images, timed per step after the warm-up (`benchmarks.timing`)."""
+    trainer = torch_seed.SeedTrainer(channels_last=cfg.channels_last, device=device_of(cfg))
+    losses = trainer.train_batches(batches)
+    first = timing.warm_up(lambda: next(losses), sizes.warmup_calls)
+    rates = timing.rates(lambda: next(losses), batch, sizes.min_timed_s, sizes.repeats)
+    losses.close()  # ends a DataLoader's worker processes, so their peak RSS is counted
     return {
-        "img_s": sizes.step_timed * BATCH / elapsed,
+        **timing.rate_summary(rates, batch),
+        "batch": batch,
         "first_call_s": first,
+        "device": torch.cuda.get_device_name() if trainer.device == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def e2e(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
-    """The seed's DataLoader loop end to end: ``e2e_steps`` timed after the warm-up steps."""
-    steps, warmup = sizes.e2e_steps, sizes.e2e_torch_warmup
-    total = warmup + steps
-    images, labels, real = bench_data.load(data, "train", total * BATCH)
-    trainer = torch_seed.SeedTrainer(channels_last=cfg.channels_last)
-    loader = torch_seed.train_loader(images, labels, num_workers=2)
-    train_loss = 0.0
-    start = first = time.perf_counter()
-    batches = iter(loader)
-    for i, (loss, _, _) in enumerate(trainer.train_batches(batches), start=1):
-        train_loss += loss
-        if i == 1:
-            first = time.perf_counter() - first
-        if i == warmup:
-            start = time.perf_counter()
-        if i == total:
-            break
-    elapsed = time.perf_counter() - start
-    del batches  # shuts the worker processes down, so their peak RSS is counted
-    return {
-        "img_s": steps * BATCH / elapsed,
-        "first_call_s": first,
-        "real_data": real,
-        "train_loss": train_loss / total,
-        "torch_threads": torch.get_num_threads(),
-    }
+def step(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
+    """Model-step training throughput on one random batch (`Config.batch`), again and again."""
+    batch = cfg.batch(sizes)
+    inputs = (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
+    return _train_rates(cfg, sizes, itertools.repeat(inputs), batch)
 
 
-def eval_(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def e2e(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
+    """The seed's DataLoader loop end to end over ``e2e_steps`` batches an epoch (its worker
+    processes restart each epoch, as in the seed)."""
+    images, labels = bench_data.load(data, "train", sizes.e2e_steps * BATCH)
+    n = sizes.e2e_steps * BATCH
+    loader = torch_seed.train_loader(images[:n], labels[:n], num_workers=2)
+    return _train_rates(cfg, sizes, itertools.chain.from_iterable(itertools.repeat(loader)))
+
+
+def eval_(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Eval throughput at batch 1000 in ``inference_mode`` on pre-normalised tensors."""
     n = sizes.eval_batches * EVAL_BATCH
-    images, labels, real = bench_data.load(data, "test", n)
-    trainer = torch_seed.SeedTrainer(channels_last=cfg.channels_last)
+    images, labels = bench_data.load(data, "test", n)
+    trainer = torch_seed.SeedTrainer(channels_last=cfg.channels_last, device=device_of(cfg))
     mean = torch.tensor(torch_seed.SEED_MEAN)[:, None, None]
     std = torch.tensor(torch_seed.SEED_STD)[:, None, None]
     nchw = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float()
     inputs = ((nchw / 255 - mean) / std).contiguous()
-    targets = torch.from_numpy(labels[:n].astype(np.int64))
+    targets = torch.from_numpy(labels[:n].astype(np.int64)).to(trainer.device)
 
     def run_all() -> int:
         correct = 0
@@ -110,7 +99,7 @@ def eval_(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     start = time.perf_counter()
     run_all()
     elapsed = time.perf_counter() - start
-    return {"img_s": n / elapsed, "first_call_s": first, "real_data": real}
+    return {"img_s": n / elapsed, "first_call_s": first}
 
 
 def _conv_calls(shape: ConvShape, memory_format: torch.memory_format) -> dict[str, Callable]:
@@ -130,7 +119,7 @@ def _conv_calls(shape: ConvShape, memory_format: torch.memory_format) -> dict[st
     return calls
 
 
-def convs(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def convs(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Median ms of each of ResNet-20's convolutions alone: forward, input and weight gradient.
 
     Random float32 data at batch 128: ``F.conv2d`` and ``torch.nn.grad.conv2d_input`` /
@@ -148,7 +137,7 @@ def convs(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
     return out
 
 
-MEASURES: dict[str, Callable[[Config, Sizes, str | None], dict[str, Any]]] = {
+MEASURES: dict[str, Callable[[Config, Sizes, str], dict[str, Any]]] = {
     "matmul": matmul,
     "step": step,
     "e2e": e2e,

@@ -2,7 +2,7 @@
 
 Started by `benchmarks.run`, from the repository root, as::
 
-    python -m benchmarks.workers --worker NAME --result OUT.json [--data DATA] [--quick]
+    python -m benchmarks.workers --worker NAME --result OUT.json --data DATA [--dry-run]
     python -m benchmarks.workers --worker prepare --result OUT.json --data DATA --data-dir DIR
 
 Each configuration gets its own process, so that XLA flags, thread settings and the peak
@@ -19,7 +19,7 @@ import resource
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.configs import CONFIG_BY_NAME, MATMUL_N, Config, Sizes, sizes_for
+from benchmarks.configs import CONFIG_BY_NAME, MATMUL_N, SIZES, Config, Sizes
 from jresnet import errors
 
 
@@ -27,9 +27,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--worker", required=True, help="configuration name, or 'prepare'")
     parser.add_argument("--result", required=True, help="where to write the JSON result")
-    parser.add_argument("--data", help="folder of .npy splits ('prepare': where to write them)")
+    parser.add_argument(
+        "--data", required=True, help="folder of .npy splits ('prepare': where to write them)"
+    )
     parser.add_argument("--data-dir", help="'prepare': the TFDS data dir to load")
-    parser.add_argument("--quick", action="store_true", help="the QUICK sizes")
+    parser.add_argument("--dry-run", action="store_true", help="the profile's dry-run sizes")
     return parser.parse_args(argv)
 
 
@@ -63,7 +65,7 @@ def numpy_matmul(sizes: Sizes) -> dict[str, Any]:
     return {"gflops": timing.matmul_gflops(seconds, MATMUL_N)}
 
 
-def measure(cfg: Config, sizes: Sizes, data: str | None) -> dict[str, Any]:
+def measure(cfg: Config, sizes: Sizes, data: str) -> dict[str, Any]:
     """Runs ``cfg``'s measurement in this process (configured by `configure_process`)."""
     if cfg.framework == "numpy":
         return numpy_matmul(sizes)
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         cfg = CONFIG_BY_NAME[args.worker]
         configure_process(cfg)
-        result = measure(cfg, sizes_for(args.quick), args.data)
+        result = measure(cfg, SIZES[cfg.platform, args.dry_run], args.data)
     result.update(peak_rss_mb())
     with open(args.result, "w") as f:
         json.dump(result, f)

@@ -1,15 +1,20 @@
-"""benchmarks/: the model facts the report rests on, its scheduling, and its path-free output.
+"""benchmarks/: the model facts the report rests on, its configurations, its scheduling,
+and its path-free output.
 
 The benchmark's timings are not tested (no timing asserts); what is tested is that the
 FLOP count and the inventory of ResNet-20's convolutions it weights its per-step totals
 by are ResNet-20's, that the totals add up as the report says, that every configuration
-has a worker, and that a run writes only where ``--output`` says, without machine paths.
+has a worker, that the gpu profile has the configurations it is for and its dry run on a
+CPU measures and reports every one of them (so a GPU's few minutes are not lost to a typo),
+and that a run writes only where ``--output`` says, without machine paths.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import configs, report, resnet20, run
-from jresnet import models
+from benchmarks import configs, gpu, report, resnet20, run
+from jresnet import errors, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,40 +92,95 @@ def test_every_configuration_has_a_worker():
 
 def test_rolled_scan_row_says_it_was_measured_once():
     cfg = configs.CONFIG_BY_NAME["step-jax-rolled"]
-    sizes = {"fused_steps": 10, "rolled_steps": 2}
+    sizes = dataclasses.asdict(configs.SIZES["cpu", False])
     img = {cfg.name: {"median": 9.0, "min": 9.0, "max": 9.0}}
-    results = [{"img_s": 9.0, "rolled_while_loop": True, "timed_steps": 2}]
-    row = report.throughput_row(cfg, results, img, sizes, (600.0, 900.0), None)
-    assert row.startswith("| jresnet driver, steps_per_call=2, unroll=1 ")
-    assert "measured once, over 2 step(s)" in row
+    img |= {"step-torch": {"median": 600.0}, "step-torch-cl": {"median": 900.0}}
+    results = [{"img_s": 9.0, "rolled_while_loop": True}]
+    row = report.throughput_row(cfg, results, img, sizes, {})
+    assert row.startswith("| jresnet driver, steps_per_call=10, unroll=1 ")
+    assert "measured once" in row
     assert "| 9 | 9-9 | 0.01 | 0.01 | n/a% |" in row
-    skipped = report.throughput_row(cfg, [{"skipped": True}], {}, sizes, (None, None), None)
-    assert "not measured: convolutions in a rolled XLA while loop" in skipped
+    skipped = [{"skipped": "convolutions in a rolled XLA while loop"}]
+    row = report.throughput_row(cfg, skipped, {}, sizes, {})
+    assert "not measured: convolutions in a rolled XLA while loop" in row
+
+
+def test_gpu_configurations_cover_the_issue():
+    """fp32 and bf16, the seed's batch and a large one, the default steps per call
+    (unrolled) and a rolled whole-epoch scan: each combination is in the gpu profile."""
+    sizes = configs.SIZES["gpu", False]
+    steps = [c for c in configs.profile_configs("gpu") if c.measure == "step" and c.driver]
+    titles = [c.title(sizes) for c in steps]
+    assert len(set(titles)) == len(titles)
+    for dtype in ("float32", "bfloat16"):
+        for batch in (128, 1024):
+            prefix = f"jresnet driver, {dtype}, batch {batch}, steps_per_call="
+            assert prefix + "10 unrolled" in titles
+            assert prefix + f"{50_000 // batch} rolled (unroll=1)" in titles
+    assert titles[0] == "jresnet driver, float32, batch 128, steps_per_call=10 unrolled"
+    assert {c.platform for c in configs.CONFIGS} == set(configs.PROFILES)
+
+
+def test_datasheet_matches_the_most_specific_name():
+    assert gpu.datasheet("NVIDIA H100 NVL")["bandwidth"] == 3.9e12
+    assert gpu.datasheet("NVIDIA H100 80GB HBM3")["bandwidth"] == 3.35e12
+    assert gpu.datasheet("NVIDIA GeForce RTX 4090") is None
 
 
 def test_shown_command_hides_path_values():
-    argv = ["--quick", "--data-dir", "/home/me/tfds", "--output=/tmp/r.md", "--rounds", "2"]
+    argv = ["--dry-run", "--data-dir", "/home/me/tfds", "--output=/tmp/r.md", "--rounds", "2"]
     assert run.shown_command(argv) == (
-        "python -m benchmarks.run --quick --data-dir DATA_DIR --output=OUTPUT --rounds 2"
+        "python -m benchmarks.run --dry-run --data-dir DATA_DIR --output=OUTPUT --rounds 2"
     )
 
 
-def test_quick_run_writes_only_to_output_and_names_no_machine_path(data_dir, tmp_path):
-    """A real run of one cheap configuration, on the tiny TFDS CIFAR-10 of conftest.py."""
-    output = tmp_path / "out" / "RESULTS.md"
-    output.parent.mkdir()
+def test_data_dir_is_required_and_must_hold_cifar10(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(["--dry-run"])
+    assert exit_info.value.code == errors.EXIT_USAGE
+    with pytest.raises(errors.DataError, match="holds no cifar10"):
+        run.main(["--dry-run", "--only", "matmul-numpy", "--data-dir", str(tmp_path)])
+
+
+def test_dry_run_results_are_not_written_into_benchmarks(tmp_path):
+    dry = {"dry_run": True, "runs": {}}
+    with pytest.raises(errors.ConfigError, match="dry run's results are not written"):
+        report.write_json(dry, os.path.join(run.BENCH_DIR, "GPU_RESULTS.md"), run.BENCH_DIR)
+    report.write_json(dry, str(tmp_path / "GPU_RESULTS.md"), run.BENCH_DIR)
+    assert json.loads((tmp_path / "GPU_RESULTS.json").read_text()) == dry
+
+
+def _committed_results() -> dict[str, bytes]:
     committed = {}
     for name in ("RESULTS.md", "RESULTS.json"):
         with open(os.path.join(ROOT, "benchmarks", name), "rb") as f:
             committed[f.name] = f.read()
-    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "matmul-numpy"]
-    cmd += ["--data-dir", data_dir, "--output", str(output)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    return committed
+
+
+def _assert_unchanged(committed: dict[str, bytes]) -> None:
+    for path, content in committed.items():
+        with open(path, "rb") as f:
+            assert f.read() == content  # the committed results are left alone
+
+
+def _benchmark(*args: str, timeout: float) -> None:
+    cmd = [sys.executable, "-m", "benchmarks.run", "--dry-run", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_dry_run_writes_only_to_output_and_names_no_machine_path(data_dir, tmp_path):
+    """A real run of one cheap configuration, on the tiny TFDS CIFAR-10 of conftest.py."""
+    output = tmp_path / "out" / "RESULTS.md"
+    output.parent.mkdir()
+    committed = _committed_results()
+    _benchmark(
+        "--only", "matmul-numpy", "--data-dir", data_dir, "--output", str(output), timeout=300
+    )
     text = output.read_text()
     results = json.loads(output.with_suffix(".json").read_text())
-    assert results["real_data"] is True
-    assert "- Data: real cifar10 from the TFDS data dir given by `--data-dir`: 64 train" in text
+    assert "- Data: cifar10 from the TFDS data dir given by `--data-dir`: 64 train" in text
     assert "| numpy | " in text  # the configuration's row
     assert results["runs"]["matmul-numpy"][0]["gflops"] > 0
     assert "python -m benchmarks.workers --worker prepare --result OUT.json --data DATA" in text
@@ -128,6 +188,41 @@ def test_quick_run_writes_only_to_output_and_names_no_machine_path(data_dir, tmp
     for written in (text, json.dumps(results)):
         for path in (data_dir, str(tmp_path), ROOT, sys.prefix, sys.executable):
             assert path not in written
-    for path, content in committed.items():
-        with open(path, "rb") as f:
-            assert f.read() == content  # the committed results are left alone
+    _assert_unchanged(committed)
+
+
+@pytest.mark.slow
+def test_gpu_dry_run_measures_and_reports_every_configuration(data_dir, tmp_path):
+    output = tmp_path / "GPU_RESULTS.md"
+    committed = _committed_results()
+    _benchmark("--profile", "gpu", "--data-dir", data_dir, "--output", str(output), timeout=1800)
+    results = json.loads(output.with_suffix(".json").read_text())
+    sizes = configs.SIZES["gpu", True]
+    gpu_configs = configs.profile_configs("gpu")
+    assert list(results["runs"]) == [c.name for c in gpu_configs]
+    for cfg in gpu_configs:
+        (r,) = results["runs"][cfg.name]
+        assert "error" not in r and "skipped" not in r, (cfg.name, r)
+        if cfg.measure == "copy":
+            assert r["copy_gb_s"] > 0
+            continue
+        assert len(r["img_s_repeats"]) == (sizes.repeats if cfg.measure == "step" else 1)
+        assert min(r["img_s_repeats"]) <= r["img_s"] <= max(r["img_s_repeats"])
+        assert math.isclose(r["ms_per_step"], 1000 * r["batch"] / r["img_s"])
+        if cfg.framework == "jax" and cfg.measure == "step":
+            assert r["compile_s"] > 0 and math.isfinite(r["last_loss"])
+            assert (r["steps_per_call"], r["unroll"]) == (cfg.steps(sizes), cfg.unroll(sizes))
+            # Only programs without a loop carry their own cost (the report lends it to
+            # the rolled ones of the same dtype and batch).
+            assert ("flops_per_step" in r) == (r["unroll"] == r["steps_per_call"])
+    text = output.read_text()
+    assert "**Dry run**" in text
+    for cfg in gpu_configs:
+        if cfg.measure != "copy":
+            assert f"| {cfg.title(sizes)} | " in text
+    first_step = gpu_configs[1].title(sizes)
+    row = next(line for line in text.splitlines() if line.startswith(f"| {first_step} | "))
+    assert float(row.split("|")[4]) > 0  # the ratio to the seed's model step
+    assert "## Per step: time, 200 epochs projected, XLA's cost" in text
+    assert not os.path.exists(os.path.join(run.BENCH_DIR, "GPU_RESULTS.json"))
+    _assert_unchanged(committed)

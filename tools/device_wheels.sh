@@ -4,7 +4,7 @@
 #                    device's image lacks (its python3 has jax 0.11.2 with the CUDA 13 plugin,
 #                    flax, optax, orbax-checkpoint, chex, torch, numpy, pillow, matplotlib,
 #                    protobuf, attrs, six, wrapt, ...: see the device README's package list);
-#   .device/data/    the JPEG copy of CIFAR-10 for the end-to-end run of benchmarks/gpu.py.
+#   .device/data/    the JPEG copy of CIFAR-10 for the benchmark's gpu profile (tools/gpu_session.sh).
 # Usage: bash tools/device_wheels.sh [CIFAR10_JPEG_TARBALL]
 # Then check the set on this machine: bash tools/check_device_wheels.sh
 set -euo pipefail
