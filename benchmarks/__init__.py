@@ -9,7 +9,7 @@
 * `benchmarks.machine`: the machine, the package versions, the background load.
 * `benchmarks.gpu`: what only a GPU has: its name and memory, its datasheet.
 * `benchmarks.timing`: timing helpers.
-* `benchmarks.resnet20`: ResNet-20\'s FLOP count and convolution inventory.
+* `benchmarks.resnet20`: ResNet-20's FLOP count and convolution inventory.
 * `benchmarks.torch_seed`: the seed's training in PyTorch, the reference; its whole
   200-epoch run, resumable exactly (`benchmarks.torch_checkpoint`: its checkpoint file).
 * `benchmarks.seed_recipe`: snapshots of the two 200-epoch runs and ``results/README.md``.
