@@ -21,7 +21,7 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -109,9 +109,18 @@ class Run:
     manager: Any
     eval_fn: Callable[..., Any]
     train_fns: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    evaluated: bool = False  # whether eval_fn has run (compiled) in this process
 
     def compile(self, state: steps.TrainState, steps_per_call: int) -> float:
-        """Compiles the driver of ``steps_per_call`` fused steps ahead of time; returns seconds."""
+        """Compiles the driver of ``steps_per_call`` fused steps ahead of time; returns seconds.
+
+        Says first what is compiled and whether a rerun will find it in JAX's persistent
+        compilation cache (compiling takes seconds to minutes, in silence otherwise)."""
+        reporting.info(
+            f"compiling the train step, {reporting.plural(steps_per_call, 'step')} per call "
+            f"({self.config.model}, batch {self.recipe.batch_size}, {self.config.dtype}, "
+            f"{jax.devices()[0].platform}); {_cache_note()}"
+        )
         start = time.time()
         jitted = steps.make_train_fn(
             model=self.model,
@@ -135,12 +144,23 @@ class Run:
         ).compile()
         return time.time() - start
 
+    def calls_from(self, done: int) -> list[int]:
+        """The sizes of the calls that train an epoch from its step ``done`` on, in order:
+        the tail of `epoch_calls` (a stop happens between two calls, so a resumed epoch
+        makes the calls an uninterrupted one makes); `epoch_calls` of the remaining steps
+        when ``done`` is not between two of them (``steps_per_call`` changed on resume)."""
+        calls = epoch_calls(self.steps_per_epoch, self.recipe.steps_per_call)
+        boundaries = list(itertools.accumulate(calls, initial=0))
+        if done in boundaries:
+            return calls[boundaries.index(done) :]
+        return epoch_calls(self.steps_per_epoch - done, self.recipe.steps_per_call)
+
     def compile_calls(self, state: steps.TrainState, first_step: int, more_epochs: bool) -> None:
         """Compiles, before training, every call size the epochs ahead need: the rest of this
         epoch from ``first_step`` and, if ``more_epochs``, whole epochs."""
-        sizes = _call_sizes(self.steps_per_epoch - first_step, self.recipe.steps_per_call)
+        sizes = set(self.calls_from(first_step))
         if more_epochs:
-            sizes |= _call_sizes(self.steps_per_epoch, self.recipe.steps_per_call)
+            sizes |= set(self.calls_from(0))
         sizes = sorted(sizes, reverse=True)
         seconds = sum(self.compile(state, size) for size in sizes)
         reporting.info(
@@ -149,9 +169,33 @@ class Run:
         )
 
 
-def _call_sizes(num_steps: int, steps_per_call: int) -> set[int]:
-    """Sizes of the calls that run ``num_steps`` steps, ``steps_per_call`` at a time."""
-    return {size for size in (min(steps_per_call, num_steps), num_steps % steps_per_call) if size}
+def epoch_calls(num_steps: int, steps_per_call: int) -> list[int]:
+    """How ``num_steps`` steps (an epoch) are split into calls of at most ``steps_per_call``
+    fused steps: the sizes, in order.
+
+    Equal calls, so that one compiled program serves the whole run: ``d`` steps each, ``d``
+    the largest divisor of ``num_steps`` not above ``steps_per_call`` (16 steps at 10 per
+    call: 2 calls of 8; 390 steps: 39 calls of 10). Where that divisor is below half of
+    ``steps_per_call`` (a prime number of steps, say), as few calls as ``steps_per_call``
+    allows, as equal as can be: ``q + 1`` steps first, then ``q`` (two programs). Either
+    way every step sees the same batch, key and learning rate as with any other split.
+    """
+    if num_steps <= 0:
+        return []
+    divisor = max(d for d in range(1, min(steps_per_call, num_steps) + 1) if num_steps % d == 0)
+    if 2 * divisor >= min(steps_per_call, num_steps):
+        return [divisor] * (num_steps // divisor)
+    num_calls = -(-num_steps // steps_per_call)
+    size, longer = divmod(num_steps, num_calls)
+    return [size + 1] * longer + [size] * (num_calls - longer)
+
+
+def _cache_note() -> str:
+    """Whether a rerun will find compiled programs in JAX's persistent cache."""
+    cache_dir = jax.config.jax_compilation_cache_dir
+    if cache_dir:
+        return f"a rerun loads it from the compilation cache in {cache_dir}"
+    return "set --config.compilation_cache_dir=DIR to cache it for reruns"
 
 
 @dataclasses.dataclass
@@ -201,11 +245,11 @@ class StopRequest:
         return stop
 
 
-def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Consecutive lists of ``size`` items (the last may be shorter)."""
-    iterator = iter(iterable)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+def _device_batch(run: Run, batches: Iterator[Any], size: int) -> tuple[jax.Array, jax.Array]:
+    """The next ``size`` batches, stacked ``[size, B, ...]`` and placed on the mesh."""
+    chunk = list(itertools.islice(batches, size))
+    stacked = [np.stack(arrays) for arrays in zip(*chunk, strict=True)]
+    return parallel.global_batch(stacked, run.mesh, batch_axis=1)
 
 
 def _host_means(sums: dict[str, Any], count: int) -> dict[str, float]:
@@ -233,6 +277,11 @@ def train_epoch(
     """Trains the rest of ``epoch`` from step ``progress.done`` on; updates ``progress``.
 
     Returns early (with ``progress.done < steps_per_epoch``) when ``stop`` is requested.
+    One call is in flight at a time: the host stacks the next call's batches while the
+    device runs the current one, then waits for it to finish before it checks for a stop
+    request and dispatches the next. (Dispatching without waiting would let the loop run
+    ahead of the device: a signal that arrives while the device works through queued
+    calls would be seen only after all of them, e.g. at the end of the epoch.)
     """
     recipe = run.recipe
     batches = input_pipeline.train_batches(
@@ -243,24 +292,24 @@ def train_epoch(
     finite = jnp.asarray(True)
     lr = None
     start = time.time()
-    for chunk in _chunks(batches, recipe.steps_per_call):
-        stacked = [np.stack(arrays) for arrays in zip(*chunk, strict=True)]
-        images, labels = parallel.global_batch(stacked, run.mesh, batch_axis=1)
-        if len(chunk) not in run.train_fns:  # only after steps_per_call changed on resume
-            seconds = run.compile(state, len(chunk))
+    calls = run.calls_from(progress.done)
+    next_batch = _device_batch(run, batches, calls[0]) if calls else None
+    for index, size in enumerate(calls):
+        images, labels = next_batch
+        if size not in run.train_fns:  # only after steps_per_call changed on resume
+            seconds = run.compile(state, size)
             progress.compile_seconds += seconds
-            reporting.info(f"compiled {len(chunk)} train step(s) per call in {seconds:.1f}s")
-        state, metrics = run.train_fns[len(chunk)](state, images, labels, run.train_key)
+            reporting.info(f"compiled {size} train step(s) per call in {seconds:.1f}s")
+        state, metrics = run.train_fns[size](state, images, labels, run.train_key)
+        if index + 1 < len(calls):  # host work while the device runs the call
+            next_batch = _device_batch(run, batches, calls[index + 1])
+        jax.block_until_ready((state, metrics))  # the call is done: a signal is seen now
         lr = metrics.pop("learning_rate")[-1]
         finite = jnp.logical_and(finite, metrics.pop("finite").all())
         for k, v in metrics.items():
             sums[k] = sums[k] + v.sum() if k in sums else v.sum()
-        logged_before = progress.done // recipe.log_every_steps
-        progress.done += len(chunk)
-        if (
-            progress.done // recipe.log_every_steps > logged_before
-            and progress.done < run.steps_per_epoch
-        ):
+        done_before, progress.done = progress.done, progress.done + size
+        if printer.due(done_before, progress.done, run.steps_per_epoch):
             current = _host_means(sums, progress.done)
             _check_finite(current, bool(np.all(parallel.to_host(finite))), epoch, progress.done)
             current["learning_rate"] = float(parallel.to_host(lr))
@@ -285,6 +334,9 @@ def end_epoch(
 ) -> dict[str, Any]:
     """Evaluates, saves the checkpoint (with the metrics history) and writes the record."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if not run.evaluated:  # its first call compiles it
+        reporting.info(f"compiling the eval step for the first evaluation; {_cache_note()}")
+        run.evaluated = True
     eval_metrics = steps.evaluate(
         run.eval_fn,
         variables,
@@ -335,10 +387,11 @@ def _save_interrupted(
         run.config,
         meta={"history": list(log.records), "epoch_progress": progress.to_json()},
     )
+    log.plot()
     raise InterruptedRun(
-        f"stopped by {stop.signal_name} at step {step} (epoch {epoch + 1}, step "
-        f"{progress.done}/{run.steps_per_epoch}) and saved a checkpoint there; rerun the same "
-        "command to resume from it"
+        f"{stop.signal_name} at step {step} (epoch {epoch + 1}, step {progress.done}/"
+        f"{run.steps_per_epoch}), after the call it arrived in; a checkpoint is saved there: "
+        "rerun the same command to resume from it"
     )
 
 
@@ -419,11 +472,19 @@ def _announce(run: Run, state: steps.TrainState) -> None:
     reporting.info(
         f"{config.model} (shortcut {config.shortcut}, {num_params:,} params) on "
         f"{config.dataset} {config.train_split} ({len(data.train_labels):,} images), eval on "
-        f"{config.eval_split} ({len(data.eval_labels):,}); {config.num_epochs} epochs x "
-        f"{run.steps_per_epoch} steps of {config.batch_size}; {run.mesh.size} "
+        f"{config.eval_split} ({len(data.eval_labels):,}); "
+        f"{reporting.plural(config.num_epochs, 'epoch')} x "
+        f"{reporting.plural(run.steps_per_epoch, 'step')} of {config.batch_size}, in calls of "
+        f"{_describe_calls(run.calls_from(0))}; {run.mesh.size} "
         f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es); "
         f"workdir {run.workdir}"
     )
+
+
+def _describe_calls(calls: list[int]) -> str:
+    """``[8, 8]`` -> ``"8 steps"``; ``[9, 8]`` -> ``"9 and 8 steps"``."""
+    sizes = sorted(set(calls), reverse=True)
+    return " and ".join(map(str, sizes)) + (" step" if sizes == [1] else " steps")
 
 
 def _setup(
@@ -492,13 +553,20 @@ def train_and_evaluate(
         state, meta = _initial_state(run, init_key)
         start_step = int(parallel.to_host(state.step))
         start_epoch, progress, history = _position(run, start_step, meta)
-        log = stack.enter_context(contextlib.closing(reporting.MetricsLog(workdir, history)))
+        log = stack.enter_context(
+            contextlib.closing(
+                reporting.MetricsLog(workdir, history, title=reporting.describe_run(config))
+            )
+        )
         _announce(run, state)
         more_epochs = start_epoch + 1 < recipe.num_epochs
         if start_epoch < recipe.num_epochs:
             run.compile_calls(state, progress.done, more_epochs)
         printer = reporting.Progress(
-            run.steps_per_epoch * recipe.num_epochs, start_step, recipe.batch_size
+            run.steps_per_epoch * recipe.num_epochs,
+            start_step,
+            recipe.batch_size,
+            log_every_steps=recipe.log_every_steps,
         )
         for epoch in range(start_epoch, recipe.num_epochs):
             state = train_epoch(run, state, epoch, progress, printer, stop)
@@ -509,8 +577,8 @@ def train_and_evaluate(
             progress = EpochProgress()
             if stop.requested() and epoch + 1 < recipe.num_epochs:
                 raise InterruptedRun(
-                    f"stopped by {stop.signal_name} after epoch {epoch + 1} (its checkpoint is "
-                    "saved); rerun the same command to resume from it"
+                    f"{stop.signal_name} after epoch {epoch + 1} (step {record['step']}); its "
+                    "checkpoint is saved: rerun the same command to resume from it"
                 )
         summary = log.summary(time.time() - start_time)
         reporting.info(reporting.format_summary(summary))

@@ -43,7 +43,8 @@ def _interrupted(cmd, how):
     return [cmd[0], str(REPO / "tests" / "interrupt.py"), how, *cmd[1:]]
 
 
-# The CLI tests run 4 steps per epoch as calls of 3 + 1 fused steps.
+# The CLI tests run 4 steps per epoch as calls of 2 + 2 fused steps (at most 3 per call:
+# the largest divisor of 4 up to 3, so one compiled program).
 CLI = {"steps_per_call": 3}
 
 
@@ -60,8 +61,15 @@ def uninterrupted(tmp_path_factory, data_dir):
 def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(uninterrupted):
     workdir, result = uninterrupted
     tmp_path = workdir.parent
-    assert "compiled 3 and 1 train step(s) per call in" in result.stderr  # before training
-    for text in ("epoch 1/3 step 3/4", "epoch 3/3 done", "eval acc", "img/s", "ETA", "Finished"):
+    compiling = result.stderr.index("compiling the train step, 2 steps per call (resnet8")
+    assert "a rerun loads it from the compilation cache in" in result.stderr[compiling:]
+    assert result.stderr.count("compiling the train step") == 1  # one program: 2 + 2
+    assert "compiled 2 train step(s) per call in" in result.stderr  # before training
+    assert result.stderr.index("compiled 2") < result.stderr.index("epoch 1/3 step")
+    assert (
+        "warning" not in result.stderr.lower() and "Finished 3 epochs (12 steps)" in result.stderr
+    )
+    for text in ("epoch 1/3 step 2/4", "epoch 3/3 done", "eval acc", "img/s", "ETA", "Finished"):
         assert text in result.stderr
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -93,12 +101,12 @@ def test_kill_9_inside_a_save_and_rerun_ends_with_exactly_the_uninterrupted_para
 
 def test_sigterm_stops_inside_an_epoch_saves_and_resumes_exactly(tmp_path, data_dir, uninterrupted):
     cmd = _cli(tmp_path / "b", data_dir, **CLI)
-    stopped = _run(_interrupted(cmd, "sigterm-at-first-progress"))  # after the call of 3
+    stopped = _run(_interrupted(cmd, "sigterm-at-first-progress"))  # after the first call
     assert stopped.returncode == errors.EXIT_INTERRUPTED, stopped.stderr
-    assert "stopped by SIGTERM at step 3 (epoch 1, step 3/4)" in stopped.stderr
-    assert "rerun the same command" in stopped.stderr
-    assert os.listdir(tmp_path / "b" / "checkpoints") == ["3"]
-    resumed = _run(cmd)  # the rest of epoch 1 is one call of 1 step
+    assert "stopped: SIGTERM at step 2 (epoch 1, step 2/4)" in stopped.stderr
+    assert "rerun the same command" in stopped.stderr and "error:" not in stopped.stderr
+    assert os.listdir(tmp_path / "b" / "checkpoints") == ["2"]
+    resumed = _run(cmd)  # the rest of epoch 1 is the second call of 2 steps
     assert resumed.returncode == 0, resumed.stderr
     chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(uninterrupted[0]))
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]

@@ -58,8 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Weights to start from (or, with eval_only and no checkpoint, to evaluate): a jresnet
     # work directory, a PyTorch or .safetensors file, or a published name (jresnet pretrained).
     config.init_from = ""
-    config.log_every_steps = 50  # progress line frequency within an epoch
-    # Training steps fused into one jitted call (an unrolled lax.scan): no per-step
+    config.log_every_steps = 50  # progress line interval when stderr is not a terminal
+    # At most this many training steps fused into one jitted call (an unrolled lax.scan;
+    # each epoch is split into equal calls, see train.epoch_calls): no per-step
     # dispatch, about 10 s more compile time. Same numbers as 1 within float32
     # rounding; see benchmarks/RESULTS.md for the speed.
     config.steps_per_call = 10
