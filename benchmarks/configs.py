@@ -72,7 +72,7 @@ _GPU = dataclasses.replace(
     copy_bytes=1 << 30,
 )
 _TINY = dict(
-    warmup_calls=1, eval_batches=1, diag_steps=2, matmul_reps=1, conv_reps=1, copy_bytes=1 << 20
+    warmup_calls=0, eval_batches=1, diag_steps=2, matmul_reps=1, conv_reps=1, copy_bytes=1 << 20
 )
 SIZES = {  # (profile, dry run) -> sizes
     ("cpu", False): _CPU,
@@ -86,7 +86,7 @@ SIZES = {  # (profile, dry run) -> sizes
         model="resnet8",
         batches=(8, 16),
         fused_steps=2,
-        epoch_images=64,
+        epoch_images=32,
         min_timed_s=0.01,
         repeats=2,
         e2e_steps=4,

@@ -195,7 +195,8 @@ def test_dry_run_writes_only_to_output_and_names_no_machine_path(data_dir, tmp_p
 def test_gpu_dry_run_measures_and_reports_every_configuration(data_dir, tmp_path):
     output = tmp_path / "GPU_RESULTS.md"
     committed = _committed_results()
-    _benchmark("--profile", "gpu", "--data-dir", data_dir, "--output", str(output), timeout=1800)
+    args = ["--profile", "gpu", "--data-dir", data_dir, "--output", str(output)]
+    _benchmark(*args, "--budget-s", "3000", timeout=3600)  # the budget stops the workers
     results = json.loads(output.with_suffix(".json").read_text())
     sizes = configs.SIZES["gpu", True]
     gpu_configs = configs.profile_configs("gpu")
