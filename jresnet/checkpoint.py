@@ -15,9 +15,9 @@ complete, so a run killed at any moment (even during a save) leaves only
 complete checkpoints behind; leftovers are removed on the next start. Only
 finite states are saved. On restore, the digest and the step are checked: a
 checkpoint whose bytes changed (or whose directory was renamed) is unreadable,
-like a truncated one. A resuming run moves unreadable checkpoints aside into
-``<workdir>/checkpoints-unreadable/`` (kept, never deleted) and resumes from the
-newest readable one.
+like a truncated one. A resuming run resumes from the newest readable checkpoint and
+moves the newer unreadable ones aside into ``<workdir>/checkpoints-unreadable/`` (kept,
+never deleted); when none is readable it refuses and moves nothing.
 
 Retention: the latest ``keep`` checkpoints and the best one by eval accuracy.
 (In orbax 0.12.8 ``max_to_keep`` together with ``best_fn`` keeps the N *best*
@@ -55,6 +55,9 @@ _EXPECTED_ORBAX_WARNINGS = (
     "Given directory is read only",
     "Requested `tracked_metric`; did not provide metrics.",
 )
+# A failed save (a full disk) makes each of Orbax's writer threads log the error with its
+# traceback; `save` raises it once, as one line, instead.
+_FAILED_SAVE_LOG_LINES = ("_SignalingThread.run() raised an exception",)
 
 
 def _without_expected_orbax_warnings() -> contextlib.AbstractContextManager[None]:
@@ -173,7 +176,10 @@ def save(
     try:
         # A mid-epoch save (a stop request) has no eval accuracy: Orbax's "tracked_metric"
         # warning is expected there (issue 20 L10).
-        with _without_expected_orbax_warnings():
+        with (
+            _without_expected_orbax_warnings(),
+            reporting.without_log_lines(*_FAILED_SAVE_LOG_LINES),
+        ):
             manager.save(
                 step,
                 args=ocp.args.Composite(
@@ -184,12 +190,11 @@ def save(
                 metrics=dict(metrics) if metrics is not None else None,
                 force=True,
             )
-        manager.wait_until_finished()
+            manager.wait_until_finished()
     except Exception as e:  # Orbax and TensorStore wrap OS errors in their own types
-        cause = _root_cause(e)
         raise CheckpointError(
             f"could not write the checkpoint at step {step} in {manager.directory}: "
-            f"{type(cause).__name__}: {cause}. The earlier checkpoints are intact; fix the "
+            f"{_reason(e)}. The earlier checkpoints are intact; fix the "
             "cause (e.g. free disk space) and rerun the same command to resume."
         ) from e
 
@@ -264,21 +269,23 @@ def restore_latest(
     With ``config``, the saved config must be compatible with it (`check_compatible`):
     an incompatible checkpoint raises `CheckpointError` before any state is read. An
     unreadable checkpoint (damaged files, wrong digest or step) is skipped with a warning
-    and the previous one is tried; with ``move_unreadable`` (a run about to write new
-    checkpoints) it is first moved into ``<workdir>/checkpoints-unreadable/``, so the run
-    can save that step again. If checkpoints exist but none can be read,
-    `CheckpointError` is raised (a run never silently restarts from scratch over them).
+    and the previous one is tried. ``move_unreadable`` is for a run about to write new
+    checkpoints: once a readable checkpoint is found, the newer unreadable ones are moved
+    into ``<workdir>/checkpoints-unreadable/`` (kept), so the run can save those steps
+    again. If checkpoints exist but none can be read, `CheckpointError` is raised and
+    nothing is moved: every later run refuses the same way, never starting from scratch
+    over them (which would rewrite ``metrics.jsonl``).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         return None
-    errors = []
+    unreadable: list[tuple[int, str]] = []
     for step in steps:
         try:
             saved_config = read_config(manager, step)
             meta = read_meta(manager, step)
         except Exception as e:  # any failure to read means "unreadable"
-            errors.append(_unreadable(manager, step, e, move_unreadable))
+            unreadable.append((step, _unreadable(step, e)))
             continue
         if config is not None:
             check_compatible(saved_config, config, os.fspath(manager.directory))
@@ -288,35 +295,54 @@ def restore_latest(
             # paths), so only the variables are compared.
             _verify(step, state if target is not None else _variables(state), meta)
         except Exception as e:  # any failure to read means "unreadable"
-            errors.append(_unreadable(manager, step, e, move_unreadable))
+            unreadable.append((step, _unreadable(step, e)))
             continue
-        if errors:
+        if unreadable:
+            if move_unreadable:
+                _move_aside(manager, [s for s, _ in unreadable])
             reporting.warn(f"resuming from step {step}; newer checkpoints were unreadable")
         return step, state, saved_config, meta
+    reasons = "; ".join(reason for _, reason in unreadable[:2])
+    if move_unreadable:  # a training run
+        raise CheckpointError(
+            f"none of the {len(steps)} checkpoints in {manager.directory} can be read "
+            f"({reasons}); refusing to start from scratch over them, and they are left in "
+            "place. To start afresh, move that directory away or choose another --workdir."
+        )
     raise CheckpointError(
-        f"None of the checkpoints in {manager.directory} could be read; refusing to start "
-        "from scratch over them. Move them away to start afresh. Errors:\n  " + "\n  ".join(errors)
+        f"none of the {len(steps)} checkpoints in {manager.directory} can be read ({reasons})"
     )
 
 
-def _unreadable(manager: ocp.CheckpointManager, step: int, error: Exception, move: bool) -> str:
-    message = f"step {step}: {type(error).__name__}: {str(error)[:500]}"
-    where = ""
-    if move:
+def _reason(error: BaseException) -> str:
+    """One line on why a checkpoint could not be read (the innermost error's first line:
+    Orbax's outer errors print whole TensorStore specs)."""
+    cause = _root_cause(error)
+    line = (str(cause).strip().splitlines() or [""])[0]
+    if len(line) > 400:  # the middle goes: the start says what, the end why (the OS error)
+        line = f"{line[:150]} ... {line[-250:]}"
+    return f"{type(cause).__name__}: {line}"
+
+
+def _unreadable(step: int, error: Exception) -> str:
+    message = f"step {step}: {_reason(error)}"
+    reporting.warn(f"the checkpoint at step {step} is unreadable ({_reason(error)})")
+    return message
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Moves checkpoints ``steps`` into ``<workdir>/checkpoints-unreadable/`` (kept)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for step in steps:
         source = os.path.join(os.fspath(manager.directory), str(step))
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         target = os.path.join(os.path.dirname(source) + "-unreadable", f"{step}-{stamp}")
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(source, target)
-        if jax.process_count() > 1:  # every process sees the move before it reloads
-            multihost_utils.sync_global_devices(f"jresnet-moved-unreadable-{step}")
-        manager.reload()
-        where = f" Moved it to {target} (kept, not deleted)."
-    reporting.warn(
-        f"the checkpoint at step {step} is unreadable ({message}); trying the previous one.{where}"
-    )
-    return message + where
+        reporting.warn(f"step {step} is unreadable: Moved it to {target} (kept, not deleted)")
+    if jax.process_count() > 1:  # every process sees the moves before it reloads
+        multihost_utils.sync_global_devices(f"jresnet-moved-unreadable-{steps[0]}")
+    manager.reload()
 
 
 def check_compatible(

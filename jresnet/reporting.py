@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -99,13 +100,18 @@ def warn(message: str) -> None:
     info(f"warning: {message}")
 
 
+_ORBAX_TAGS = re.compile(r"^(\[[a-z_]+=[^\]]*\])+\s*")
+
+
 class _DropLines(logging.Filter):
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         super().__init__()
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
+        # Orbax starts some messages with "[process=0][thread=...]" tags: not part of the line.
+        message = _ORBAX_TAGS.sub("", record.getMessage(), count=1)
+        return not message.startswith(self.prefixes)
 
 
 @contextlib.contextmanager

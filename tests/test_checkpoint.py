@@ -162,16 +162,59 @@ def test_a_failed_write_says_why_and_keeps_the_earlier_checkpoints(tmp_path, mon
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
 
 
+def test_a_failed_write_is_one_line_without_orbax_s_thread_tracebacks(
+    tmp_path, monkeypatch, caplog
+):
+    with checkpoint.create_manager(tmp_path) as manager:
+
+        def full_disk(*args, **kwargs):  # what Orbax's writer threads do on a full disk
+            logging.getLogger("absl").error(
+                "[process=0][thread=array_type_handler][operation_id=1] "
+                "_SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED"
+            )
+            raise ValueError(f"RESOURCE_EXHAUSTED: {'x' * 1000}: No space left on device")
+
+        monkeypatch.setattr(manager, "save", full_disk)
+        with caplog.at_level(logging.INFO):
+            with pytest.raises(checkpoint.CheckpointError) as caught:
+                checkpoint.save(manager, 2, _state(), _config(), {"eval_accuracy": 0.2})
+    assert "_SignalingThread" not in caplog.text
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 700
+    assert "RESOURCE_EXHAUSTED" in message and "No space left on device" in message
+
+
 def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(tmp_path):
     with checkpoint.create_manager(tmp_path) as manager:
         checkpoint.save(manager, 1, _state(), _config(), {"eval_accuracy": 0.1})
     shutil.rmtree(tmp_path / "checkpoints" / "1" / "state")
-    with (
-        checkpoint.create_manager(tmp_path) as manager,
-        pytest.raises(checkpoint.CheckpointError, match="refusing to start from scratch"),
-    ):
-        checkpoint.restore_latest(manager, target=_state())
-    assert os.path.isdir(tmp_path / "checkpoints" / "1")
+    for attempt in range(2):  # a second run refuses the same way: nothing was moved
+        with (
+            checkpoint.create_manager(tmp_path) as manager,
+            pytest.raises(checkpoint.CheckpointError, match="refusing to start from scratch"),
+        ):
+            checkpoint.restore_latest(manager, target=_state(), move_unreadable=True)
+        assert os.path.isdir(tmp_path / "checkpoints" / "1"), attempt
+        assert not os.path.exists(tmp_path / "checkpoints-unreadable"), attempt
+
+
+def test_every_checkpoint_truncated_is_one_short_error_naming_the_cause(tmp_path, capsys):
+    _two_checkpoints(tmp_path)
+    for step in ("1", "2"):
+        data = _largest_file(tmp_path / "checkpoints" / step / "state")
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    capsys.readouterr()
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        checkpoint.load_model(tmp_path)  # predict, export and eval_only read this way
+    message = str(caught.value)
+    assert "none of the 2 checkpoints" in message and "step 2: ValueError" in message
+    assert "start from scratch" not in message  # that is a training run's concern
+    assert "\n" not in message
+    err = capsys.readouterr().err
+    for text in (message, err):
+        assert "TensorStore details" not in text and "'driver'" not in text
+    assert len(err.strip().splitlines()) == 2  # one warning per checkpoint
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
 
 
 def test_incompatible_config_names_every_differing_key():

@@ -335,6 +335,29 @@ def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_run_completes(
     }
 
 
+def test_when_every_checkpoint_is_unreadable_every_run_refuses_and_nothing_moves(
+    tmp_path, data_dir, uninterrupted
+):
+    source, _ = uninterrupted
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    for state in (workdir / "checkpoints").glob("*/state"):
+        data = max(state.rglob("*"), key=lambda p: p.stat().st_size)
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    metrics = (workdir / "metrics.jsonl").read_bytes()
+    steps = sorted(os.listdir(workdir / "checkpoints"))
+    for attempt in range(2):  # the second run must not train from step 0 either
+        result = _run(_cli(workdir, data_dir, **CLI))
+        assert result.returncode == 2, (attempt, result.stderr)
+        assert "refusing to start from scratch" in result.stderr
+        assert "left in place" in result.stderr
+        for noise in ("Traceback", "Event loop is closed", "TensorStore details"):
+            assert noise not in result.stderr, (attempt, result.stderr)
+        assert (workdir / "metrics.jsonl").read_bytes() == metrics
+        assert sorted(os.listdir(workdir / "checkpoints")) == steps
+        assert not (workdir / "checkpoints-unreadable").exists()
+
+
 def test_a_resume_that_changes_what_a_step_means_is_refused(tmp_path, data_dir, capsys):
     workdir = tmp_path / "run"
     assert main.run(_config(data_dir, num_epochs=1), str(workdir)) == 0
