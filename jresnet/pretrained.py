@@ -203,13 +203,18 @@ def _sha256(path: str) -> str:
 
 
 def verify(path: str, weights: Weights) -> None:
-    """Deletes ``path`` and raises `PretrainedError` unless its sha256 is the expected one."""
+    """Deletes ``path`` (if it can) and raises `PretrainedError` unless its sha256 is the
+    expected one."""
     actual = _sha256(path)
     expected = weights.sha256 or weights.hash_prefix
     if not actual.startswith(expected):
-        os.remove(path)
+        try:
+            os.remove(path)
+            fate = "was deleted"
+        except OSError as e:  # a read-only cache: the verification is still what to say
+            fate = f"could not be deleted ({e.strerror}): delete it by hand"
         raise PretrainedError(
-            f"{path} failed verification and was deleted: its sha256 is {actual}, expected "
+            f"{path} failed verification and {fate}: its sha256 is {actual}, expected "
             f"{'' if weights.sha256 else 'a hash starting with '}{expected} (a corrupt or "
             f"truncated download, or another file). Run again to download it from "
             f"{weights.url}, or put the right file there by hand."

@@ -151,6 +151,25 @@ def test_cached_file_with_the_wrong_full_hash_is_deleted(tmp_path) -> None:
     assert cache_files(tmp_path) == []
 
 
+def test_a_wrong_file_in_an_unwritable_cache_keeps_the_verification_message(
+    tmp_path, monkeypatch
+) -> None:
+    content = b"weights"
+    weights = weights_for(content, closed_port_url(), sha256="0" * 64)
+    (tmp_path / weights.file_name).write_bytes(content)
+
+    def read_only(path):  # the tests may run as root, who removes files from 0o555 dirs
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(pretrained.os, "remove", read_only)
+    with pytest.raises(pretrained.PretrainedError) as caught:
+        pretrained.fetch(weights, tmp_path)
+    message = str(caught.value)
+    assert "failed verification" in message and "expected 0000000000" in message
+    assert "could not be deleted (Permission denied)" in message
+    assert cache_files(tmp_path) == [weights.file_name]
+
+
 def test_http_404_names_the_url_and_the_cache_path(tmp_path) -> None:
     served, cache = tmp_path / "served", tmp_path / "cache"
     served.mkdir()
