@@ -125,7 +125,8 @@ def _import_onnx() -> Any:
         import onnx
     except ImportError as e:
         raise ExportError(
-            "ONNX export needs the jax2onnx and onnx packages: pip install 'jresnet[export]'"
+            "ONNX export needs the jax2onnx and onnx packages: pip install onnx jax2onnx "
+            "(from a clone: pip install -e '.[export]')"
         ) from e
     return onnx
 
