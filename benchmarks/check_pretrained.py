@@ -7,7 +7,7 @@ file name in `jresnet.pretrained.REGISTRY`):
    (verification and conversion included): jresnet's logits;
 2. run the same file in the PyTorch reference network of `jresnet.testing.torch_reference`
    (akamaster's option A, or the seed's option B under chenyaofo's names): PyTorch's logits;
-3. write jresnet's variables back as a seed-layout ``.pth`` (`jresnet.convert.flax_to_torch`),
+3. write jresnet's variables back as a seed-layout ``.pth`` (`jresnet.torch_layouts.flax_to_torch`),
    load it into a fresh reference with ``strict=True``: the exported ``.pth``'s logits;
 4. export the eval function to ONNX (`jresnet.export.to_onnx`) and run it in
    onnxruntime: ONNX's logits; and likewise the ``jax.export`` StableHLO artifact.
@@ -73,12 +73,12 @@ def _weights_named(file_name: str):
 
 def _torch_reference(state_dict, arch):
     """The PyTorch reference network with ``state_dict`` loaded (renamed to the seed's names)."""
-    from jresnet import convert
+    from jresnet import torch_layouts
     from jresnet.testing.torch_reference import torch_resnet
 
     reference = torch_resnet(arch.depth, arch.shortcut, arch.num_classes)
-    unprefixed, _ = convert.strip_data_parallel_prefix(state_dict)
-    if convert.detect_key_names(unprefixed) is convert.CHENYAOFO:
+    unprefixed, _ = torch_layouts.strip_data_parallel_prefix(state_dict)
+    if torch_layouts.detect_key_names(unprefixed) is torch_layouts.CHENYAOFO:
         unprefixed = {
             k.replace(".downsample.", ".shortcut.").replace("fc.", "linear.", 1): v
             for k, v in unprefixed.items()
@@ -101,13 +101,13 @@ def check(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int) ->
     import onnxruntime
     import torch
 
-    from jresnet import convert, export, pretrained
+    from jresnet import datasets, export, pretrained, torch_layouts, weight_files
 
     weights = _weights_named(os.path.basename(path))
     with tempfile.TemporaryDirectory() as cache:
         shutil.copy(path, os.path.join(cache, weights.file_name))
         model, variables = pretrained.load(weights.name, cache)
-    mean, std = pretrained.normalization_values(model.normalization)
+    mean, std = datasets.NORMALIZATIONS[model.normalization]
     nhwc = ((images / np.float32(255) - np.float32(mean)) / np.float32(std)).astype(np.float32)
     nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
     torch.set_num_threads(os.cpu_count() or 1)
@@ -120,13 +120,13 @@ def check(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int) ->
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     logits["jresnet"] = _batched(lambda x: apply(variables, x), nhwc, batch_size)
 
-    state_dict = convert.load_torch_checkpoint(path)
-    arch = convert.infer_architecture(state_dict)
+    state_dict = weight_files.load_torch_checkpoint(path)
+    arch = torch_layouts.infer_architecture(state_dict)
     logits["torch"] = run_torch(_torch_reference(state_dict, arch))
 
     with tempfile.TemporaryDirectory() as tmp:
         exported_pth = os.path.join(tmp, "exported.pth")
-        convert.save_state_dict_file(convert.flax_to_torch(variables), exported_pth)
+        weight_files.save_state_dict_file(torch_layouts.flax_to_torch(variables), exported_pth)
         from jresnet.testing.torch_reference import torch_resnet
 
         reference = torch_resnet(arch.depth, arch.shortcut, arch.num_classes)

@@ -42,11 +42,13 @@ from jax.experimental import multihost_utils
 
 from jresnet import models, parallel, reporting
 from jresnet.configs.checks import ARCHITECTURE_KEYS
-from jresnet.errors import JresnetError, TrainingDivergedError
+from jresnet.errors import CheckpointError, TrainingDivergedError
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints-unreadable"
 BEST_METRIC = "eval_accuracy"
+# What Orbax appends to a checkpoint's directory name while it is being written.
+_UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 
 # Orbax warnings about settings jresnet chose on purpose: a manager opened read-only
 # (load_model, eval_only, init_from), and checkpoints with no eval accuracy to rank by (the
@@ -62,10 +64,6 @@ _FAILED_SAVE_LOG_LINES = ("_SignalingThread.run() raised an exception",)
 
 def _without_expected_orbax_warnings() -> contextlib.AbstractContextManager[None]:
     return reporting.without_log_lines(*_EXPECTED_ORBAX_WARNINGS)
-
-
-class CheckpointError(JresnetError, RuntimeError):
-    """A checkpoint that can't be used (unreadable, incompatible, missing) or written."""
 
 
 class UnreadableCheckpointError(CheckpointError):
@@ -116,6 +114,33 @@ def _root_cause(error: BaseException) -> BaseException:
 def checkpoint_dir(workdir: str | os.PathLike[str]) -> str:
     """Absolute path of the checkpoint directory (Orbax rejects relative paths)."""
     return os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_DIR)
+
+
+def unfinished_saves(workdir: str | os.PathLike[str]) -> list[str]:
+    """The temporary directories of Orbax saves that never finished (a killed process)."""
+    path = checkpoint_dir(workdir)
+    if not os.path.isdir(path):
+        return []
+    return sorted(n for n in os.listdir(path) if _UNFINISHED_SUFFIX in n)
+
+
+def remove_unfinished(workdir: str | os.PathLike[str]) -> None:
+    """Deletes `unfinished_saves`. Only for the holder of the work directory's lock: an
+    unfinished save of a live process is its own."""
+    for name in unfinished_saves(workdir):
+        shutil.rmtree(os.path.join(checkpoint_dir(workdir), name), ignore_errors=True)
+
+
+def _no_checkpoints(workdir: str | os.PathLike[str]) -> CheckpointError:
+    path = checkpoint_dir(workdir)
+    unfinished = unfinished_saves(workdir)
+    if unfinished:
+        return CheckpointError(
+            f"No finished checkpoints in {path}: only {', '.join(unfinished)}, left by a save "
+            "that was killed before it completed. Run the training or conversion into it again "
+            "(which removes it), or delete it."
+        )
+    return CheckpointError(f"No checkpoints in {path}.")
 
 
 def create_manager(
@@ -200,9 +225,15 @@ def save(
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-    """The ``meta`` item of checkpoint ``step``; ``{}`` for checkpoints written without one."""
+    """The ``meta`` item of checkpoint ``step``.
+
+    Raises `UnreadableCheckpointError` if it is missing: without its digests a
+    checkpoint's state can't be checked, so no reader uses it.
+    """
     if not os.path.isdir(os.path.join(os.fspath(manager.directory), str(step), "meta")):
-        return {}
+        raise UnreadableCheckpointError(
+            "its 'meta' item (the digests of its state) is missing, so its state can't be checked"
+        )
     restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored.meta)
 
@@ -213,7 +244,9 @@ def _verify(step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> Non
         raise UnreadableCheckpointError(
             f"its directory says step {step} but it was saved at step {meta['step']}"
         )
-    saved = meta.get("digests", {})
+    saved = meta.get("digests")
+    if not isinstance(saved, dict) or not {"params", "batch_stats"} <= set(saved):
+        raise UnreadableCheckpointError("its 'meta' item holds no digests of its state")
     for key, value in digests({k: v for k, v in state.items() if k in saved}).items():
         if value != saved[key]:
             raise UnreadableCheckpointError(
@@ -403,7 +436,7 @@ def load_variables(
         if step is None:
             restored = restore_latest(manager)
             if restored is None:
-                raise CheckpointError(f"No checkpoints in {path}.")
+                raise _no_checkpoints(workdir)
             _, state, config, _ = restored
         else:
             if step not in manager.all_steps():
@@ -441,5 +474,5 @@ def load_config(
     with create_manager(workdir, read_only=True) as manager:
         steps = manager.all_steps()
         if not steps:
-            raise CheckpointError(f"No checkpoints in {checkpoint_dir(workdir)}.")
+            raise _no_checkpoints(workdir)
         return read_config(manager, max(steps) if step is None else step)

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jresnet import datasets, errors, models, safe_files
+from jresnet import datasets, errors, models, safe_files, weights
 from jresnet.errors import ConfigError, JresnetError
 
 INPUT_LAYOUTS = ("NHWC", "NCHW")
@@ -188,9 +188,7 @@ def to_stablehlo(
 
 
 def _metadata(normalization: str, dataset: str) -> dict[str, str]:
-    from jresnet import pretrained
-
-    mean, std = pretrained.normalization_values(normalization)
+    mean, std = datasets.NORMALIZATIONS[normalization]
     return {
         "normalization": normalization,
         "mean": json.dumps(list(mean)),
@@ -201,8 +199,6 @@ def _metadata(normalization: str, dataset: str) -> dict[str, str]:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from jresnet import predict
-
     parser = argparse.ArgumentParser(
         prog="python -m jresnet.export",
         description="Export a model's eval function as ONNX (OUT ending in .onnx) or as a "
@@ -231,7 +227,9 @@ def _main(argv: Sequence[str] | None) -> int:
         check_opset(args.opset)
     else:
         check_platforms(platforms)
-    model, variables, normalization, dataset = predict.load_source(args.source, args.cache_dir)
+    settings, variables = weights.load(args.source, args.cache_dir)
+    model = models.from_config(settings)
+    normalization, dataset = settings.normalization, settings.dataset
     shape = ", ".join(str(d) for d in _input_shape(args.input_layout, "batch"))
     metadata = _metadata(normalization, dataset)
     if onnx_out:

@@ -231,6 +231,10 @@ class ResNet(nn.Module):
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters, BN
         statistics and logits stay float32 (float64 if dtype is float64).
       axis_name: device axis for synchronised BatchNorm, or None.
+      normalization: the name of the input normalisation its weights were trained with
+        (a key of the normalisation table: "cifar", "imagenet", "cifar100"), or None if
+        unknown. Not used by ``__call__`` (inputs arrive normalised); it travels with the
+        model so that `jresnet.predict.predict` can normalise uint8 images for it.
     """
 
     blocks_per_stage: int
@@ -239,6 +243,7 @@ class ResNet(nn.Module):
     weight_init: WeightInit = "pytorch"
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    normalization: str | None = None
 
     def setup_checks(self) -> None:
         if self.shortcut not in ("A", "B"):
@@ -347,7 +352,7 @@ def from_config(config: Mapping[str, Any], axis_name: str | None = None) -> ResN
     """The model a run's config (or a checkpoint's saved config) describes.
 
     Reads ``model``, ``dataset`` (for the class count), ``shortcut`` and, if present,
-    ``weight_init`` and ``dtype``.
+    ``weight_init``, ``dtype`` and ``normalization``.
     """
     return create_model(
         config["model"],
@@ -356,4 +361,5 @@ def from_config(config: Mapping[str, Any], axis_name: str | None = None) -> ResN
         weight_init=config.get("weight_init", "pytorch"),
         dtype=jnp.dtype(config.get("dtype", "float32")),
         axis_name=axis_name,
+        normalization=config.get("normalization"),
     )

@@ -8,9 +8,10 @@ Command line (prints the top 5 classes of each image with CIFAR-10/100 names)::
 
     python -m jresnet.predict WORKDIR_OR_NAME img1.png img2.jpg ... [--top 5]
 
-``WORKDIR_OR_NAME`` is a jresnet work directory (trained or converted; its saved
-config says the dataset and normalisation) or a published weights name
-(`jresnet.pretrained`). Images that are not 32x32 RGB are converted to RGB,
+``WORKDIR_OR_NAME`` is any weights source `jresnet.weights.load` resolves: a jresnet
+work directory (trained or converted; its saved config says the dataset and
+normalisation), a published weights name (`jresnet.pretrained`) or a PyTorch or
+safetensors file. Images that are not 32x32 RGB are converted to RGB,
 center-cropped to a square and resized to 32x32 (bicubic, antialiased), and the
 output says so for each one. CIFAR models only know 32x32 thumbnails of their
 classes, so expect little from photos.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import datasets, errors, models
+from jresnet import datasets, errors, models, weights
 from jresnet.errors import ImageError, JresnetError
 
 IMAGE_SIZE = 32
@@ -49,10 +49,11 @@ class PredictError(JresnetError, ValueError):
 
 
 def _mean_std(normalization: str | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-    from jresnet import pretrained
-
     if isinstance(normalization, str):
-        mean, std = pretrained.normalization_values(normalization)
+        table = datasets.NORMALIZATIONS
+        if normalization not in table:
+            raise PredictError(f"unknown normalization {normalization!r}; known: {sorted(table)}")
+        mean, std = table[normalization]
     else:
         mean, std = normalization
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
@@ -80,13 +81,14 @@ def predict(
     """Class probabilities of uint8 images, in eval mode (BatchNorm running statistics).
 
     Args:
-      model: a `models.ResNet` (or the `jresnet.pretrained.PretrainedResNet` that
-        `jresnet.pretrained.load` returns).
+      model: a `models.ResNet` (as `jresnet.pretrained.load` and
+        `jresnet.checkpoint.load_model` return it, with its ``normalization``).
       variables: its ``{"params", "batch_stats"}``.
       images: uint8 ``[N, 32, 32, 3]``, RGB, NHWC, 0..255.
       normalization: how the model's inputs were normalised: a name ("cifar",
         "imagenet", "cifar100") or ``(mean, std)`` per channel for pixels in [0, 1];
-        default: ``model.normalization`` (set by `jresnet.pretrained.load`).
+        default: ``model.normalization`` (set by `jresnet.pretrained.load`,
+        `jresnet.checkpoint.load_model` and `models.from_config`).
       batch_size: images per forward pass (bounds memory).
 
     Returns:
@@ -116,27 +118,6 @@ def predict(
     if not out:
         return np.zeros((0, model.num_classes), np.float32)
     return np.concatenate(out)
-
-
-def load_source(
-    source: str, cache: str | None = None
-) -> tuple[models.ResNet, dict[str, Any], str, str]:
-    """``(model, variables, normalization, dataset)`` of a work directory or published name."""
-    from jresnet import pretrained
-
-    if os.path.isdir(source):
-        from jresnet import checkpoint
-
-        model, variables = checkpoint.load_model(source)
-        config = checkpoint.load_config(source)
-        return model, variables, config.normalization, config.dataset
-    if source in pretrained.REGISTRY:
-        model, variables = pretrained.load(source, cache)
-        return model, variables, model.normalization, pretrained.get(source).dataset
-    raise PredictError(
-        f"{source!r} is neither a jresnet work directory nor a published weights name "
-        f"({', '.join(pretrained.REGISTRY)})"
-    )
 
 
 def _to_8_bit(image: Any, path: str) -> tuple[Any, str]:
@@ -236,7 +217,9 @@ def _main(argv: Sequence[str] | None) -> int:
         prog="python -m jresnet.predict",
         description="Print the most probable CIFAR classes of images.",
     )
-    parser.add_argument("source", metavar="WORKDIR_OR_NAME", help="work directory or weights name")
+    parser.add_argument(
+        "source", metavar="WORKDIR_OR_NAME", help="work directory, weights name or weights file"
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     parser.add_argument(
         "--top", type=_positive_int, default=5, help="classes to print per image (at least 1)"
@@ -245,15 +228,16 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
 
     read = [read_image(path) for path in args.images]  # every file checked before the model
-    model, variables, normalization, dataset = load_source(args.source, args.cache_dir)
-    label_names = datasets.get(dataset).label_names
+    settings, variables = weights.load(args.source, args.cache_dir)
+    label_names = datasets.get(settings.dataset).label_names
     if args.top > len(label_names):
         print(
             f"note: --top {args.top} is more than the model's {len(label_names)} classes; "
             "printing all of them",
             file=sys.stderr,
         )
-    probabilities = predict(model, variables, np.stack([image for image, _ in read]), normalization)
+    model = models.from_config(settings)
+    probabilities = predict(model, variables, np.stack([image for image, _ in read]))
     for path, (_, notes), p in zip(args.images, read, probabilities, strict=True):
         note = f" ({'; '.join(notes)})" if notes else ""
         print(f"{path}: {format_top(p, label_names, args.top)}{note}")

@@ -13,15 +13,21 @@ Two sources (`list` prints them all):
 
 Files go to a cache directory, by default ``~/.cache/jresnet/weights``
 (``$JRESNET_CACHE_DIR``, or ``cache_dir=``), under their published file names.
-Every file is verified before use, cached or just downloaded: the hex digits in
-its name are the prefix of its sha256 (the torch.hub convention), and where we
-know the full sha256 it must match too. A file that fails is deleted and
-reported, never used. Without internet, download the file by hand and put it at
-the path the error message gives.
+Every file is verified before use, cached or just downloaded. Its full sha256 is
+recorded in `REGISTRY` for the files we have verified ourselves (akamaster's
+``resnet20`` and ``resnet56``, hashed from copies downloaded from their published URLs)
+and must match exactly; for the others (fetched nowhere here: this project's machines
+have no network) only the hex digits in the file name are checked, as the prefix of
+its sha256 (the torch.hub convention, 8 hex digits = 32 bits). A full sha256 is added
+to the registry once a file has been downloaded and checked against its source. A file
+that fails is deleted and reported, never used. Without internet, download the file by
+hand and put it at the path the error message gives.
 
-Loading never unpickles arbitrary objects: `jresnet.convert.load_torch_checkpoint`
+Loading never unpickles arbitrary objects: `jresnet.weight_files.load_torch_checkpoint`
 uses ``torch.load(weights_only=True)`` (torch is needed for these ``.th``/``.pt``
-files: the ``test`` or ``bench`` extra).
+files: the ``test`` or ``bench`` extra). This module reads files with
+`jresnet.weight_files` and maps them with `jresnet.torch_layouts`; `jresnet.weights`
+is the one entry point that resolves any weights source (names included).
 """
 
 from __future__ import annotations
@@ -38,18 +44,17 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jresnet import datasets, models
-from jresnet.errors import JresnetError
+import jax
+import jax.numpy as jnp
+
+from jresnet import datasets, errors, models, torch_layouts, weight_files
+from jresnet.errors import WeightsError
 
 CACHE_ENV = "JRESNET_CACHE_DIR"
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "jresnet", "weights")
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10"
 _CHENYAOFO = "https://github.com/chenyaofo/pytorch-cifar-models"
-
-
-class PretrainedError(JresnetError, RuntimeError):
-    """Weights that can't be had: unknown name, failed download or verification."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Weights:
       shortcut: "A" (zero padding) or "B" (1x1 conv + BN projection).
       dataset: a `jresnet.datasets` name.
       normalization: the input normalisation it was trained with (a name of
-        `normalization_values`).
+        ``datasets.NORMALIZATIONS``).
       accuracy: published top-1 test accuracy in percent, from the source's README.
       url: where the file is downloaded from.
       source: the repository that published it.
@@ -95,8 +100,6 @@ class Weights:
 
     def num_params(self) -> int:
         """Trainable parameters of the model (computed from shapes, no weights needed)."""
-        import jax
-
         model = models.create_model(
             f"resnet{self.depth}", shortcut=self.shortcut, num_classes=self.num_classes
         )
@@ -133,7 +136,8 @@ def _chenyaofo(dataset: str, depth: int, file_hash: str, accuracy: float) -> Wei
 
 
 # Accuracies: akamaster's README ("Test err(this impl.)", as 100 - error) and
-# chenyaofo's README (Top-1 Acc.). Full sha256s: of the files we have verified.
+# chenyaofo's README (Top-1 Acc.). Full sha256s: of the files we have verified (see the
+# module docstring); the others are checked by the sha256 prefix in their names.
 REGISTRY: Mapping[str, Weights] = {
     w.name: w
     for w in (
@@ -171,21 +175,13 @@ def list() -> Sequence[Weights]:
 
 
 def get(name: str) -> Weights:
-    """The `Weights` called ``name``; `PretrainedError` lists the known names."""
+    """The `Weights` called ``name``; `WeightsError` lists the known names."""
     if name not in REGISTRY:
-        raise PretrainedError(
+        raise WeightsError(
             f"unknown pretrained weights {name!r}; known: {', '.join(REGISTRY)} "
             "(python -m jresnet.pretrained lists them)"
         )
     return REGISTRY[name]
-
-
-def normalization_values(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` per RGB channel, for pixels in [0, 1], of a normalisation name."""
-    table = datasets.NORMALIZATIONS
-    if name not in table:
-        raise PretrainedError(f"unknown normalization {name!r}; known: {sorted(table)}")
-    return table[name]
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> str:
@@ -203,7 +199,7 @@ def _sha256(path: str) -> str:
 
 
 def verify(path: str, weights: Weights) -> None:
-    """Deletes ``path`` (if it can) and raises `PretrainedError` unless its sha256 is the
+    """Deletes ``path`` (if it can) and raises `WeightsError` unless its sha256 is the
     expected one."""
     actual = _sha256(path)
     expected = weights.sha256 or weights.hash_prefix
@@ -213,7 +209,7 @@ def verify(path: str, weights: Weights) -> None:
             fate = "was deleted"
         except OSError as e:  # a read-only cache: the verification is still what to say
             fate = f"could not be deleted ({e.strerror}): delete it by hand"
-        raise PretrainedError(
+        raise WeightsError(
             f"{path} failed verification and {fate}: its sha256 is {actual}, expected "
             f"{'' if weights.sha256 else 'a hash starting with '}{expected} (a corrupt or "
             f"truncated download, or another file). Run again to download it from "
@@ -229,7 +225,7 @@ def _download(weights: Weights, path: str, timeout_s: float) -> None:
         os.makedirs(directory, exist_ok=True)
         fd, partial = tempfile.mkstemp(prefix=f".{weights.file_name}.", dir=directory)
     except OSError as e:
-        raise PretrainedError(
+        raise WeightsError(
             f"can't write to the weights cache {directory} ({e}); choose another one with "
             f"${CACHE_ENV} or cache_dir"
         ) from e
@@ -240,13 +236,13 @@ def _download(weights: Weights, path: str, timeout_s: float) -> None:
                     out.write(block)
         os.replace(partial, path)
     except urllib.error.HTTPError as e:
-        raise PretrainedError(
+        raise WeightsError(
             f"downloading {weights.name} failed: HTTP {e.code} {e.reason} for {weights.url}. "
             + hint
         ) from e
     except (urllib.error.URLError, OSError) as e:  # offline, DNS, refused, timeout
         reason = getattr(e, "reason", e)
-        raise PretrainedError(
+        raise WeightsError(
             f"can't download {weights.name} from {weights.url} ({reason}): are you offline? " + hint
         ) from e
     finally:
@@ -267,7 +263,7 @@ def fetch(
       timeout_s: network timeout per read, in seconds.
 
     Raises:
-      PretrainedError: unknown name, download failed (naming the URL and the path
+      WeightsError: unknown name, download failed (naming the URL and the path
         where a manually downloaded file is read from), or verification failed
         (the file is deleted).
     """
@@ -280,42 +276,27 @@ def fetch(
     return path
 
 
-class PretrainedResNet(models.ResNet):
-    """A `models.ResNet` that also says how its inputs are normalised.
-
-    Same variables and outputs as `models.ResNet`; ``normalization`` names the
-    ``(mean, std)`` that images in [0, 1] must be normalised with
-    (`normalization_values`), which `jresnet.predict.predict` reads.
-    """
-
-    normalization: str = "cifar"
-
-
 def load(
     name: str, cache: str | os.PathLike[str] | None = None
-) -> tuple[PretrainedResNet, dict[str, Any]]:
+) -> tuple[models.ResNet, dict[str, Any]]:
     """``(model, variables)`` of published weights, e.g. ``load("cifar10_resnet20")``.
 
     ``model.apply(variables, x, train=False)`` maps NHWC float32 images ``[N, 32, 32, 3]``,
-    normalised with ``normalization_values(model.normalization)``, to logits
-    ``[N, num_classes]``. ``variables`` are ``{"params", "batch_stats"}`` of jax arrays.
+    normalised as ``model.normalization`` names, to logits ``[N, num_classes]``
+    (`jresnet.predict.predict` does the normalising for uint8 images). ``variables`` are
+    ``{"params", "batch_stats"}`` of jax arrays.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from jresnet import convert
-
     weights = get(name)
     path = fetch(weights, cache)
-    state_dict = convert.load_torch_checkpoint(path)
-    variables = convert.torch_to_flax(state_dict, shortcut=weights.shortcut)
-    arch = convert.infer_architecture(state_dict)
+    state_dict = weight_files.load_torch_checkpoint(path)
+    variables = torch_layouts.torch_to_flax(state_dict, shortcut=weights.shortcut)
+    arch = torch_layouts.infer_architecture(state_dict)
     if (arch.depth, arch.num_classes) != (weights.depth, weights.num_classes):
-        raise PretrainedError(
+        raise WeightsError(
             f"{path} holds a {arch.describe()}, not the ResNet-{weights.depth} with "
             f"{weights.num_classes} classes that {name!r} should be"
         )
-    model = PretrainedResNet(
+    model = models.ResNet(
         blocks_per_stage=arch.blocks_per_stage,
         num_classes=arch.num_classes,
         shortcut=arch.shortcut,
@@ -398,6 +379,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jresnet import errors
-
     raise SystemExit(errors.run_cli(lambda: main(sys.argv[1:])))

@@ -2,7 +2,7 @@
 
 Pure mapping: numpy arrays (or torch tensors, read duck-typed) in, numpy arrays
 out; torch is imported only by ``flax_to_torch(..., as_tensors=True)`` and Orbax
-never. Files are `jresnet.convert`'s job.
+never. Files are `jresnet.weight_files`'s job.
 
 Three PyTorch layouts are read; which one a state dict uses is inferred from its
 keys, and the whole dict must then match it exactly:
@@ -33,7 +33,7 @@ Activations are NCHW in PyTorch and NHWC in jresnet: transpose inputs with
 ``x.transpose(0, 2, 3, 1)``; logits are the same.
 
 Conversion is strict: missing keys, unexpected keys, shape mismatches and
-non-finite values raise `ConversionError` naming all of them.
+non-finite values raise `WeightsError` naming all of them.
 """
 
 from __future__ import annotations
@@ -47,16 +47,16 @@ import numpy as np
 from flax import traverse_util
 
 from jresnet import models
-from jresnet.errors import JresnetError
+from jresnet.errors import WeightsError
 
 DATA_PARALLEL_PREFIX = "module."
 
+# Blocks per stage: ResNet-1202 has 200; a state dict claiming more than this is refused
+# before anything of its size is built.
+MAX_BLOCKS_PER_STAGE = 1000
+
 _BLOCK_KEY = re.compile(r"^layer([123])\.(\d+)\.")
 _FLAX_BLOCK = re.compile(r"^layer([123])_(\d+)$")
-
-
-class ConversionError(JresnetError, ValueError):
-    """A checkpoint or state dict that can't be converted; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,18 +167,26 @@ def _layout(
     return entries
 
 
+def _some(items: Sequence[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``items`` (each cut to 120 characters), then how many more."""
+    named = ", ".join(item[:120] for item in items[:shown])
+    return named + (f", ... and {len(items) - shown:,} more" if len(items) > shown else "")
+
+
 def _mismatch_error(
     what: str, missing: Sequence[str], unexpected: Sequence[str], wrong: Sequence[str]
-) -> ConversionError:
-    lines = [f"{what}:"]
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape/dtype mismatches", wrong),
-    ):
-        if items:
-            lines.append(f"  {label} ({len(items)}): " + ", ".join(items))
-    return ConversionError("\n".join(lines))
+) -> WeightsError:
+    """One line naming the first few keys of each kind (a hostile file may have millions)."""
+    parts = [
+        f"{label} ({len(items):,}): {_some(items)}"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape/dtype mismatches", wrong),
+        )
+        if items
+    ]
+    return WeightsError(f"{what}: " + "; ".join(parts))
 
 
 def strip_data_parallel_prefix(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -211,27 +219,35 @@ def _infer(
     state_dict: Mapping[str, Any], shortcut: str | None, names: KeyNames
 ) -> tuple[int, str, int | None]:
     """``(blocks_per_stage, shortcut, num_classes or None)`` of an unprefixed state dict."""
-    blocks = 0
+    found: dict[str, set[int]] = {}
     for key in state_dict:
         m = _BLOCK_KEY.match(key)
         if m:
-            blocks = max(blocks, int(m.group(2)) + 1)
-    if blocks == 0:
-        shown = ", ".join(list(state_dict)[:8]) or "none"
-        raise ConversionError(
+            found.setdefault(m.group(1), set()).add(int(m.group(2)))
+    if not found:
+        raise WeightsError(
             "not a CIFAR ResNet state dict: no 'layer{1,2,3}.<i>.' block keys "
-            f"(first keys: {shown})"
+            f"(first keys: {_some(list(state_dict), 8)})"
         )
+    for stage, indices in sorted(found.items()):
+        if max(indices) + 1 != len(indices) or len(indices) > MAX_BLOCKS_PER_STAGE:
+            odd = sorted(indices)[-3:] if len(indices) > 3 else sorted(indices)
+            raise WeightsError(
+                f"not a CIFAR ResNet state dict: the blocks of layer{stage} are not numbered "
+                f"0, 1, ..., n-1 with n <= {MAX_BLOCKS_PER_STAGE} ({len(indices):,} blocks, "
+                f"the last {', '.join(map(str, odd))})"
+            )
+    blocks = max(len(indices) for indices in found.values())
     shortcut_key = re.compile(rf"^layer[123]\.\d+\.{names.shortcut}\.")
     shortcut_keys = [k for k in state_dict if shortcut_key.match(k)]
     inferred = "B" if shortcut_keys else "A"
     if shortcut is not None:
         shortcut = shortcut.upper()
         if shortcut not in ("A", "B"):
-            raise ConversionError(f"shortcut must be 'A', 'B' or None, got {shortcut!r}")
+            raise WeightsError(f"shortcut must be 'A', 'B' or None, got {shortcut!r}")
         if shortcut != inferred:
             if shortcut == "A":
-                detail = "the state dict has option-B projection shortcut parameters: " + ", ".join(
+                detail = "the state dict has option-B projection shortcut parameters: " + _some(
                     shortcut_keys
                 )
             else:
@@ -239,7 +255,7 @@ def _infer(
                     f"the state dict has no shortcut parameters (layerK.i.{names.shortcut}.0/1.*), "
                     "so it is an option-A (zero-padding) model"
                 )
-            raise ConversionError(f"shortcut={shortcut!r} was requested but {detail}")
+            raise WeightsError(f"shortcut={shortcut!r} was requested but {detail}")
     num_classes = None
     for key in (f"{names.classifier}.weight", f"{names.classifier}.bias"):
         shape = getattr(state_dict.get(key), "shape", None)
@@ -258,7 +274,7 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> Architecture:
     names = detect_key_names(unprefixed)
     blocks, shortcut, num_classes = _infer(unprefixed, None, names)
     if num_classes is None:
-        raise ConversionError(
+        raise WeightsError(
             f"can't infer num_classes: no '{names.classifier}.weight' or "
             f"'{names.classifier}.bias' key"
         )
@@ -301,10 +317,10 @@ def _non_finite(named_arrays: Mapping[str, np.ndarray]) -> list[str]:
     return bad
 
 
-def _non_finite_error(bad: Sequence[str], what: str) -> ConversionError:
-    return ConversionError(
+def _non_finite_error(bad: Sequence[str], what: str) -> WeightsError:
+    return WeightsError(
         f"refusing to convert {what} with non-finite values: {len(bad)} tensor(s) hold NaN "
-        f"or infinity: {', '.join(bad)}. They come from a diverged run; use an earlier "
+        f"or infinity: {_some(bad, 10)}. They come from a diverged run; use an earlier "
         "checkpoint."
     )
 
@@ -329,7 +345,7 @@ def torch_to_flax(
       Use `infer_architecture` for the depth and number of classes.
 
     Raises:
-      ConversionError: (a `ValueError`) naming every missing key, unexpected key
+      WeightsError: (a `ValueError`) naming every missing key, unexpected key
         and shape mismatch, a contradictory ``shortcut``, or every tensor with
         NaN or infinite values.
     """
@@ -383,7 +399,7 @@ def infer_flax_architecture(variables: Mapping[str, Any]) -> Architecture:
     """Depth, shortcut option and number of classes of jresnet variables."""
     params = variables.get("params")
     if not isinstance(params, Mapping):
-        raise ConversionError(
+        raise WeightsError(
             f"expected variables {{'params', 'batch_stats'}}, got keys {sorted(variables)}"
         )
     blocks, shortcut = 0, "A"
@@ -394,7 +410,7 @@ def infer_flax_architecture(variables: Mapping[str, Any]) -> Architecture:
             if isinstance(block, Mapping) and "shortcut_conv" in block:
                 shortcut = "B"
     if blocks == 0:
-        raise ConversionError(
+        raise WeightsError(
             f"not jresnet ResNet variables: no 'layer{{1,2,3}}_<i>' params (got {sorted(params)})"
         )
     linear = params.get("linear")
@@ -423,11 +439,11 @@ def flax_to_torch(
       works. It is unused with PyTorch's default fixed momentum.
 
     Raises:
-      ConversionError: naming every missing or unexpected variable, shape
+      WeightsError: naming every missing or unexpected variable, shape
         mismatch, or tensor with NaN or infinite values.
     """
     if layout not in KEY_NAMES:
-        raise ConversionError(f"unknown layout {layout!r}; known: {sorted(KEY_NAMES)}")
+        raise WeightsError(f"unknown layout {layout!r}; known: {sorted(KEY_NAMES)}")
     arch = infer_flax_architecture(variables)
     entries = _layout(arch.blocks_per_stage, arch.shortcut, arch.num_classes, KEY_NAMES[layout])
     flat = traverse_util.flatten_dict(dict(variables))
@@ -466,11 +482,11 @@ def flax_to_torch(
 
 
 def import_torch() -> Any:
-    """``torch``, an optional dependency, or a `ConversionError` saying how to install it."""
+    """``torch``, an optional dependency, or a `WeightsError` saying how to install it."""
     try:
         import torch
     except ImportError as e:
-        raise ConversionError(
+        raise WeightsError(
             "reading or writing PyTorch checkpoints needs torch, an optional dependency: "
             "pip install torch (from a clone: pip install -e '.[bench]')"
         ) from e

@@ -44,7 +44,7 @@ from jresnet import (
 )
 from jresnet import workdir as workdir_lib
 from jresnet.configs import checks
-from jresnet.errors import ConfigError, InterruptedRun, TrainingDivergedError
+from jresnet.errors import ConfigError, InterruptedRun, TrainingDivergedError, WeightsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,9 +395,12 @@ def _save_interrupted(
     )
 
 
-def _initial_state(run: Run, init_key: jax.Array) -> tuple[steps.TrainState, dict[str, Any]]:
+def _initial_state(
+    run: Run, init_key: jax.Array, init_variables: dict[str, Any] | None
+) -> tuple[steps.TrainState, dict[str, Any]]:
     """The state to start from, replicated over the mesh, and the checkpoint's ``meta``:
-    the latest checkpoint, else ``init_from``'s weights, else a fresh initialisation."""
+    the latest checkpoint, else ``init_from``'s weights (``init_variables`` if already
+    loaded), else a fresh initialisation."""
     config = run.config
     state = steps.create_train_state(init_key, run.model, run.tx)
     sharding = parallel.replicated(run.mesh)
@@ -431,19 +434,24 @@ def _initial_state(run: Run, init_key: jax.Array) -> tuple[steps.TrainState, dic
             )
         return steps.TrainState.from_dict(state_dict), meta
     if config.init_from:
-        model_config, variables = weights.load(config.init_from, config)
-        checkpoint.check_compatible(model_config, config, config.init_from)
+        if init_variables is None:  # a direct call: the config must fit the weights
+            settings, init_variables = weights.load(config.init_from)
+            weights.settle(
+                config, settings, weights.ARCHITECTURE_KEYS, f"init_from {config.init_from}"
+            )
         expected = jax.tree.map(
             np.shape, {"params": state.params, "batch_stats": state.batch_stats}
         )
-        if jax.tree.map(np.shape, variables) != expected:
-            raise ConfigError(
+        if jax.tree.map(np.shape, init_variables) != expected:
+            raise WeightsError(
                 f"--config.init_from {config.init_from!r} does not fit --config.model="
                 f"{config.model} shortcut={config.shortcut} dataset={config.dataset}: "
                 "the variable names or shapes differ"
             )
         reporting.info(f"Initialised from {config.init_from}")
-        state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+        state = state.replace(
+            params=init_variables["params"], batch_stats=init_variables["batch_stats"]
+        )
     return parallel.replicate(state, run.mesh), {}
 
 
@@ -518,13 +526,17 @@ def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     data: input_pipeline.Splits | None = None,
+    init_variables: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates each epoch.
 
     ``config`` must be valid (`configs.checks.validate`, which `jresnet.main` runs once per
     run, before any data is read). ``data`` holds the training and eval splits; None reads
     ``config.train_split`` and ``config.eval_split`` of ``config.dataset`` from
-    ``config.data_dir`` (never downloads).
+    ``config.data_dir`` (never downloads). ``init_variables``: ``config.init_from``'s
+    variables, if the caller loaded them already (`jresnet.main.run`, which also took the
+    weights' settings into ``config``); else they are loaded here, and an architecture that
+    contradicts them is refused.
     Runs data-parallel over every device of every process (`jresnet.parallel`); call
     `parallel.initialize_distributed` first for several processes. Holds the work
     directory's lock (`jresnet.workdir`) while it runs.
@@ -550,7 +562,7 @@ def train_and_evaluate(
         )
         run = _setup(config, recipe, workdir, data, mesh, manager)
         init_key = jax.random.split(jax.random.key(recipe.seed))[0]
-        state, meta = _initial_state(run, init_key)
+        state, meta = _initial_state(run, init_key, init_variables)
         start_step = int(parallel.to_host(state.step))
         start_epoch, progress, history = _position(run, start_step, meta)
         log = stack.enter_context(

@@ -102,6 +102,18 @@ def parse(argv: Sequence[str], prog: str = "jresnet train"):
     return config.value, workdir.value, values["verbosity"].present
 
 
+def explicit_keys(argv: Sequence[str]) -> set[str]:
+    """The config keys the command line sets (``--config.KEY=VALUE`` or ``--config.KEY VALUE``),
+    read as ``config_flags`` reads its overrides. Weights given by ``init_from`` or evaluated
+    by ``eval_only`` bring their own settings for every other key (`jresnet.weights.settle`).
+    """
+    return {
+        arg.lstrip("-").removeprefix("config.").split("=", 1)[0].split(".", 1)[0]
+        for arg in argv
+        if arg.startswith(("--config.", "-config."))
+    }
+
+
 def _define_config(values: flags.FlagValues, argv: list[str], prog: str) -> flags.FlagHolder:
     """The ``--config`` flag (and its ``--config.KEY`` overrides in ``argv``) on ``values``."""
     try:
@@ -161,7 +173,7 @@ def main(argv: Sequence[str] | None = None, command: str = "train") -> int:
         logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every step at INFO
     from jresnet import main as run_main  # JAX, TFDS, Orbax: only once the flags are good
 
-    return run_main.run(config, workdir)
+    return run_main.run(config, workdir, explicit_keys(argv))
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

@@ -275,7 +275,7 @@ def test_eval_only_uses_the_checkpoints_own_architecture_and_normalization(
 
 def test_init_from_a_pytorch_checkpoint_file(tmp_path, data_dir):
     torch = pytest.importorskip("torch")
-    from jresnet import convert
+    from jresnet import torch_layouts, weight_files
     from jresnet.testing import torch_reference
 
     torch.manual_seed(0)
@@ -284,7 +284,7 @@ def test_init_from_a_pytorch_checkpoint_file(tmp_path, data_dir):
     config = _config(data_dir, num_epochs=1, learning_rate=0.0, weight_decay=0.0)
     config.init_from = str(source)
     assert main.run(config, str(tmp_path / "finetune")) == 0
-    expected = convert.torch_to_flax(convert.load_torch_checkpoint(str(source)))
+    expected = torch_layouts.torch_to_flax(weight_files.load_torch_checkpoint(str(source)))
     chex.assert_trees_all_equal(_variables(tmp_path / "finetune")["params"], expected["params"])
 
 

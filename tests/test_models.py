@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jresnet import convert, models
+from jresnet import models, torch_layouts
 
 # He et al. 2016 CIFAR ResNets as PyTorch counts them (sum of p.numel()).
 PARAM_COUNTS = {
@@ -222,7 +222,7 @@ def test_eval_logits_match_torch(shortcut: str) -> None:
     reference.eval()
     with torch.no_grad():
         expected = reference(x).numpy()
-    variables = convert.torch_to_flax(reference.state_dict())
+    variables = torch_layouts.torch_to_flax(reference.state_dict())
     model = models.create_model("resnet20", shortcut=shortcut)
     logits = np.asarray(model.apply(variables, nhwc(x), train=False))
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
@@ -244,7 +244,7 @@ def test_train_forward_and_running_stats_match_torch(shortcut: str) -> None:
     torch = pytest.importorskip("torch")
     reference, x = _random_torch_model(shortcut, seed=1)
     before = {k: v.clone() for k, v in reference.state_dict().items()}
-    variables = convert.torch_to_flax(before)
+    variables = torch_layouts.torch_to_flax(before)
     reference.train()  # PyTorch's default momentum 0.1
     with torch.no_grad():
         expected = reference(x).numpy()
@@ -253,7 +253,7 @@ def test_train_forward_and_running_stats_match_torch(shortcut: str) -> None:
     model = models.create_model("resnet20", shortcut=shortcut)
     logits, updates = model.apply(variables, nhwc(x), train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
-    ours = convert.flax_to_torch({"params": variables["params"], **updates})
+    ours = torch_layouts.flax_to_torch({"params": variables["params"], **updates})
 
     sizes = _batchnorm_sizes(20, batch=x.shape[0])
     checked = 0

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 from flax.nnx.bridge import variables as bridge_variables
 
-from jresnet import convert
+from jresnet import torch_layouts
 from tests.conftest import model_with_random_statistics
 
 
@@ -102,7 +102,7 @@ def test_nnx_sgd_step_equals_linen_and_converts_back() -> None:
         updates["batch_stats"],
     )
     # The NNX state is linen's variables again: it goes to PyTorch like any jresnet model.
-    state_dict = convert.flax_to_torch(trained)
+    state_dict = torch_layouts.flax_to_torch(trained)
     np.testing.assert_allclose(
         state_dict["linear.weight"], np.asarray(params["linear"]["kernel"]).T, atol=1e-6
     )

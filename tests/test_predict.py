@@ -35,13 +35,13 @@ def workdir_with(tmp_path, variables, dataset: str = "cifar10", normalization: s
 @pytest.mark.parametrize("normalization", ["cifar", "imagenet"])
 @requires_torch
 def test_probabilities_equal_torch_softmax(normalization: str) -> None:
-    from jresnet import convert
+    from jresnet import torch_layouts
 
     torch.manual_seed(0)
     reference = torch_resnet(8, "B")
     randomize_batchnorm(reference)
     reference.eval()
-    variables = convert.torch_to_flax(reference.state_dict())
+    variables = torch_layouts.torch_to_flax(reference.state_dict())
     model = models.create_model("resnet8")
     images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
 
@@ -57,10 +57,8 @@ def test_probabilities_equal_torch_softmax(normalization: str) -> None:
 
 
 def test_normalization_defaults_to_the_model_s() -> None:
-    from jresnet import pretrained
-
     variables = model_with_random_statistics("A")[1]
-    model = pretrained.PretrainedResNet(blocks_per_stage=1, shortcut="A", normalization="imagenet")
+    model = models.ResNet(blocks_per_stage=1, shortcut="A", normalization="imagenet")
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
         predict.predict(model, variables, images),
@@ -136,7 +134,7 @@ def test_cli_errors_exit_2(tmp_path, capsys) -> None:
     assert "no such image file" in capsys.readouterr().err
     Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
     assert predict.main([str(tmp_path / "nowhere"), str(tmp_path / "ok.png")]) == 2
-    assert "neither a jresnet work directory nor a published weights name" in (
+    assert "neither a file, a work directory nor a published weights name" in (
         capsys.readouterr().err
     )
 

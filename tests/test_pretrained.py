@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jresnet import convert, datasets, pretrained
+from jresnet.errors import WeightsError
 
 try:
     import torch
@@ -88,7 +89,7 @@ def test_registry_entries_are_consistent() -> None:
         assert w.sha256 is None or w.sha256.startswith(w.hash_prefix)
         assert w.shortcut == ("A" if "akamaster" in w.source else "B")
         assert w.num_classes == datasets.get(w.dataset).num_classes
-        mean, std = pretrained.normalization_values(w.normalization)
+        mean, std = datasets.NORMALIZATIONS[w.normalization]
         assert len(mean) == len(std) == 3
     assert pretrained.get("resnet20").num_params() == 269_722  # option A
     assert pretrained.get("cifar10_resnet20").num_params() == 272_474  # option B, the seed's
@@ -96,7 +97,7 @@ def test_registry_entries_are_consistent() -> None:
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(pretrained.PretrainedError, match="cifar100_resnet56"):
+    with pytest.raises(WeightsError, match="cifar100_resnet56"):
         pretrained.get("resnet21")
 
 
@@ -137,7 +138,7 @@ def test_corrupt_download_is_deleted_and_reported(tmp_path) -> None:
     with serve(served) as url:
         weights = weights_for(content, url)
         (served / weights.file_name).write_bytes(content[:-1] + b"!")  # one byte differs
-        with pytest.raises(pretrained.PretrainedError, match="failed verification and was deleted"):
+        with pytest.raises(WeightsError, match="failed verification and was deleted"):
             pretrained.fetch(weights, cache)
     assert cache_files(cache) == []
 
@@ -146,7 +147,7 @@ def test_cached_file_with_the_wrong_full_hash_is_deleted(tmp_path) -> None:
     content = b"weights"
     weights = weights_for(content, closed_port_url(), sha256="0" * 64)
     (tmp_path / weights.file_name).write_bytes(content)
-    with pytest.raises(pretrained.PretrainedError, match="expected 0000000000"):
+    with pytest.raises(WeightsError, match="expected 0000000000"):
         pretrained.fetch(weights, tmp_path)
     assert cache_files(tmp_path) == []
 
@@ -162,7 +163,7 @@ def test_a_wrong_file_in_an_unwritable_cache_keeps_the_verification_message(
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(pretrained.os, "remove", read_only)
-    with pytest.raises(pretrained.PretrainedError) as caught:
+    with pytest.raises(WeightsError) as caught:
         pretrained.fetch(weights, tmp_path)
     message = str(caught.value)
     assert "failed verification" in message and "expected 0000000000" in message
@@ -175,7 +176,7 @@ def test_http_404_names_the_url_and_the_cache_path(tmp_path) -> None:
     served.mkdir()
     with serve(served) as url:
         weights = weights_for(b"never served", url)
-        with pytest.raises(pretrained.PretrainedError, match="HTTP 404") as info:
+        with pytest.raises(WeightsError, match="HTTP 404") as info:
             pretrained.fetch(weights, cache)
     assert weights.url in str(info.value)
     assert str(cache / weights.file_name) in str(info.value)
@@ -184,7 +185,7 @@ def test_http_404_names_the_url_and_the_cache_path(tmp_path) -> None:
 
 def test_offline_names_the_url_and_the_cache_path(tmp_path) -> None:
     weights = weights_for(b"anything", closed_port_url())
-    with pytest.raises(pretrained.PretrainedError, match="offline") as info:
+    with pytest.raises(WeightsError, match="offline") as info:
         pretrained.fetch(weights, tmp_path / "cache")
     assert weights.url in str(info.value)
     assert f"put it at {tmp_path / 'cache' / weights.file_name}" in str(info.value)
@@ -238,7 +239,7 @@ def test_load_refuses_a_file_of_another_architecture(tmp_path, monkeypatch) -> N
     weights = weights_for(content, closed_port_url())
     (tmp_path / weights.file_name).write_bytes(content)  # placed in the cache by hand
     monkeypatch.setitem(pretrained.REGISTRY, "tiny", weights)
-    with pytest.raises(pretrained.PretrainedError, match="100 classes"):
+    with pytest.raises(WeightsError, match="100 classes"):
         pretrained.load("tiny", tmp_path)
 
 

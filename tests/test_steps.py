@@ -11,7 +11,7 @@ from jresnet.configs import default
 
 torch = pytest.importorskip("torch")
 
-from jresnet import convert  # noqa: E402  (needs torch)
+from jresnet import torch_layouts  # noqa: E402  (needs torch)
 from jresnet.testing import stablehlo_loops, torch_reference  # noqa: E402
 
 
@@ -121,7 +121,7 @@ def _sgd_steps_both(shortcut, num_steps, dtype):
     """
     torch.manual_seed(0)
     torch_model = torch_reference.torch_resnet(8, shortcut).to(getattr(torch, dtype))
-    variables = convert.torch_to_flax(torch_model.state_dict(), shortcut=shortcut)
+    variables = torch_layouts.torch_to_flax(torch_model.state_dict(), shortcut=shortcut)
 
     rng = np.random.default_rng(0)
     batch = 16
@@ -153,7 +153,7 @@ def _sgd_steps_both(shortcut, num_steps, dtype):
     )
     ours = {"params": state.params, "batch_stats": state.batch_stats}
     theirs = {k: v.double().numpy() for k, v in torch_model.state_dict().items()}
-    ours_as_torch = convert.flax_to_torch(jax.tree.map(np.asarray, ours))
+    ours_as_torch = torch_layouts.flax_to_torch(jax.tree.map(np.asarray, ours))
     return ours_as_torch, theirs
 
 

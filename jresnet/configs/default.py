@@ -55,8 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # PRNG seed of initialisation, data order and augmentation
     config.checkpoints_to_keep = 3  # latest checkpoints kept, besides the best one
     config.eval_only = False  # evaluate the latest checkpoint in --workdir and exit
-    # Weights to start from (or, with eval_only and no checkpoint, to evaluate): a jresnet
-    # work directory, a PyTorch or .safetensors file, or a published name (jresnet pretrained).
+    # Weights to start from (or, with eval_only and no checkpoints in --workdir, to evaluate):
+    # a jresnet workdir, a .pth/.th/.pt/.safetensors file or a published name (python -m
+    # jresnet.pretrained). They bring their model, shortcut, dataset and normalization
+    # unless given as --config.KEY (see jresnet/weights.py).
     config.init_from = ""
     config.log_every_steps = 50  # progress line interval when stderr is not a terminal
     # At most this many training steps fused into one jitted call (an unrolled lax.scan;

@@ -3,7 +3,7 @@
 The network jresnet's tests compare against (same weights, same inputs: logits,
 train-mode outputs, BatchNorm statistics, training steps) and the benchmarks train
 as the seed did. Users can run the same checks: build ``torch_resnet(depth, shortcut)``,
-copy its weights with `jresnet.convert.torch_to_flax`, and compare outputs. Needs
+copy its weights with `jresnet.torch_layouts.torch_to_flax`, and compare outputs. Needs
 ``torch``, an optional dependency of jresnet (extras ``test`` and ``bench``).
 
 Two layouts, with the state-dict keys `jresnet.convert` reads and writes:
