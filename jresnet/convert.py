@@ -22,10 +22,11 @@ killed conversion is removed. An existing output file is never overwritten.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from jresnet import checkpoint, errors, weight_files, weights
@@ -67,6 +68,17 @@ def _finished_steps(out_dir: str) -> list[str]:
     return sorted(n for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
 
 
+@contextlib.contextmanager
+def _output_lock(path: str) -> Iterator[None]:
+    """The work directory's lock (`jresnet.workdir.locked`), refusals as `OutputError`."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(workdir_lib.locked(path))
+        except ConfigError as e:
+            raise OutputError(str(e).replace("--workdir", "the output directory")) from None
+        yield
+
+
 def to_workdir(
     source: str,
     out_dir: str,
@@ -89,7 +101,7 @@ def to_workdir(
         raise OutputError(str(e).replace("--workdir", "the output directory")) from e
     created = [] if existed else [path]
     try:
-        with workdir_lib.locked(path):
+        with _output_lock(path):
             steps = _finished_steps(path)
             if steps:
                 created = []

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jresnet import safe_files
 from jresnet.errors import OutputError, WeightsError
 from jresnet.torch_layouts import import_torch
 
@@ -266,23 +267,18 @@ def check_output_path(path: str) -> str:
 def save_state_dict_file(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Writes a state dict of numpy arrays as ``.safetensors`` or a PyTorch file (by extension).
 
-    The file appears complete or not at all (written to a temporary file, then renamed),
-    and never replaces an existing one.
+    Through `jresnet.safe_files`: the file appears complete or not at all, with mode
+    ``0o644`` less the umask whichever library wrote the bytes, never through a planted
+    symlink; an existing file is never replaced (`check_output_path`).
     """
     path = os.fspath(path)
     ext = check_output_path(path)
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
-    partial = f"{path}.partial{ext}"  # not mkstemp: the file gets the umask's permissions
-    try:
-        if ext == SAFETENSORS_EXTENSION:
-            # "format": "pt" tells Hugging Face tools these are PyTorch-layout tensors.
-            _import_safetensors().save_file(arrays, partial, metadata={"format": "pt"})
-        else:
-            torch = import_torch()
-            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, partial)
-        os.replace(partial, path)
-    except OSError as e:
-        raise OutputError(f"can't write {path}: {e.strerror or e}") from e
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    if ext == SAFETENSORS_EXTENSION:
+        # "format": "pt" tells Hugging Face tools these are PyTorch-layout tensors.
+        data = _import_safetensors().save(arrays, metadata={"format": "pt"})
+        safe_files.write_bytes(path, data)
+        return
+    torch = import_torch()
+    with safe_files.atomic_writer(path) as f:
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)

@@ -281,3 +281,30 @@ def test_load_model_errors(tmp_path):
     checkpoint.save_pretrained(tmp_path, _state(), _config())
     with pytest.raises(checkpoint.CheckpointError, match=r"available: \[0\]"):
         checkpoint.load_model(tmp_path, step=5)
+
+
+@pytest.mark.parametrize("damage", ["remove_meta", "remove_meta_and_flip_bytes"])
+def test_a_checkpoint_without_its_digests_is_refused_by_every_reader_m5(tmp_path, capsys, damage):
+    from PIL import Image
+
+    from jresnet import predict, weights
+    from jresnet.errors import CheckpointError
+
+    checkpoint.save_pretrained(tmp_path / "w", _state(), _config())
+    shutil.rmtree(tmp_path / "w" / "checkpoints" / "0" / "meta")
+    if damage == "remove_meta_and_flip_bytes":
+        data = max(
+            (tmp_path / "w" / "checkpoints" / "0" / "state").rglob("*"),
+            key=lambda p: p.stat().st_size,
+        )
+        raw = bytearray(data.read_bytes())
+        raw[-1] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="digests"):
+        checkpoint.load_model(tmp_path / "w")
+    with pytest.raises(CheckpointError, match="digests"):
+        weights.load(str(tmp_path / "w"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    assert predict.main([str(tmp_path / "w"), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "digests" in err and "Traceback" not in err

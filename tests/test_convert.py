@@ -365,3 +365,79 @@ def test_init_from_a_nan_checkpoint_is_refused(tmp_path) -> None:
     torch.save({"net": state_dict}, tmp_path / "nan.pth")
     with pytest.raises(WeightsError, match=r"linear\.bias \(0 NaN, 1 inf"):
         weights.load(str(tmp_path / "nan.pth"))
+
+
+# --------------------------------------------------------------------------
+# Outputs (issue 20: M6, M7, L3, L4).
+
+
+def _seed_file(tmp_path) -> str:
+    path = tmp_path / "ckpt.pth"
+    torch.save({"net": torch_state_dict("B")}, path)
+    return str(path)
+
+
+@requires_torch
+def test_a_conversion_into_a_directory_in_use_is_refused_m6(tmp_path, capsys) -> None:
+    source, out = _seed_file(tmp_path), tmp_path / "out"
+    out.mkdir()
+    hold = "import sys, time\nfrom jresnet import workdir\nwith workdir.locked(sys.argv[1]):\n"
+    hold += "    print('locked', flush=True); time.sleep(60)\n"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert convert.main([source, str(out)]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is in use by another run (pid {holder.pid}" in capsys.readouterr().err
+    assert not (out / "checkpoints").exists()
+    # Once the other conversion is done, the directory is taken: one wins, the other says so.
+    assert convert.main([source, str(out)]) == 0
+    assert convert.main([source, str(out)]) == 2
+    assert "already holds checkpoints (0)" in capsys.readouterr().err
+
+
+@requires_torch
+def test_outputs_that_cant_be_written_are_one_line_errors_m7(tmp_path, capsys) -> None:
+    source = _seed_file(tmp_path)
+    (tmp_path / "existing.txt").write_text("keep me")
+    for out, message in [
+        (tmp_path / "nodir" / "x.pth", "the directory"),
+        (tmp_path / "nodir" / "x.safetensors", "does not exist"),
+        (tmp_path / "existing.txt", "exists and is not a directory"),
+    ]:
+        assert convert.main([source, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert (tmp_path / "existing.txt").read_text() == "keep me"
+    assert not (tmp_path / "nodir").exists()
+
+
+@requires_torch
+def test_a_checkpoints_file_is_named_l3(tmp_path, capsys) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoints").write_text("not a directory")
+    assert convert.main([_seed_file(tmp_path), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints exists and is not a directory" in err and "intact" not in err
+
+
+@requires_torch
+def test_an_unfinished_save_is_explained_then_replaced_l4(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from jresnet import checkpoint, predict
+
+    out = tmp_path / "out"
+    (out / "checkpoints" / "0.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    assert predict.main([str(out), str(tmp_path / "x.png")]) == 2
+    assert "only 0.orbax-checkpoint-tmp, left by a save that was killed" in (
+        capsys.readouterr().err
+    )
+    assert convert.main([_seed_file(tmp_path), str(out)]) == 0  # nobody holds the lock
+    assert os.listdir(out / "checkpoints") == ["0"]
+    assert checkpoint.load_config(out).model == "resnet8"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
+import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
 from jresnet import torch_layouts, weight_files
 from jresnet.errors import OutputError, WeightsError
+from tests.conftest import REPO
 from tests.state_dicts import (
     akamaster_layout,
     assert_trees_equal,
@@ -168,3 +172,104 @@ def test_safetensors_and_pth_outputs_get_the_same_mode_644_less_umask(tmp_path) 
         weight_files.save_state_dict_file(state_dict, tmp_path / name)
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644 & ~umask, name
     assert sorted(os.listdir(tmp_path)) == ["w.pth", "w.safetensors"]
+
+
+# --------------------------------------------------------------------------
+# Hostile files (issue 20: M1, M2, L1).
+
+
+def _declare_size(path, record_suffix: str, size: int) -> None:
+    """Rewrites the uncompressed size that ``path``'s zip directory declares for the record
+    ending in ``record_suffix`` (local header and central directory), leaving its data."""
+    data = bytearray(path.read_bytes())
+    name = next(n for n in zipfile.ZipFile(path).namelist() if n.endswith(record_suffix))
+    encoded = name.encode()
+    for signature, size_offset, name_offset in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        start = 0
+        while (start := data.find(signature, start)) != -1:
+            if data[start + name_offset : start + name_offset + len(encoded)] == encoded:
+                struct.pack_into("<I", data, start + size_offset, size)
+            start += 4
+    path.write_bytes(bytes(data))
+
+
+@requires_torch
+def test_a_zip_declaring_gigabytes_is_refused_before_anything_is_read_m1(tmp_path) -> None:
+    path = tmp_path / "bomb.pth"
+    torch.save(torch_state_dict("A"), path)
+    _declare_size(path, "data/0", 0xF000_0000)  # 3.75 GiB
+    code = (
+        "import resource, sys\n"
+        "from jresnet import errors, weight_files\n"
+        "try:\n"
+        "    weight_files.load_state_dict_file(sys.argv[1])\n"
+        "except errors.WeightsError as e:\n"
+        "    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"  # KiB on Linux
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    message, peak_kib = result.stdout.strip().splitlines()
+    assert "declares 3,840 MiB, more than any CIFAR ResNet needs" in message
+    assert int(peak_kib) < 1_000_000  # torch's import, not the record's 3.75 GiB
+
+
+@requires_torch
+def test_too_many_records_are_refused(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "many.pth"
+    torch.save(torch_state_dict("A"), path)
+    monkeypatch.setattr(weight_files, "MAX_RECORDS", 10)
+    with pytest.raises(WeightsError, match=r"holds \d+ records, more than any CIFAR ResNet"):
+        weight_files.load_torch_checkpoint(path)
+
+
+@requires_torch
+def test_an_absurd_block_number_is_refused_early_and_briefly_m2() -> None:
+    state_dict = akamaster_layout(torch_state_dict("A"))
+    state_dict["module.layer1.999999.conv1.weight"] = torch.zeros(16, 16, 3, 3)
+    with pytest.raises(WeightsError) as info:
+        torch_layouts.torch_to_flax(state_dict)
+    message = str(info.value)
+    assert "blocks of layer1 are not numbered 0, 1, ..., n-1" in message and "999999" in message
+    assert len(message) < 300
+    with pytest.raises(WeightsError, match="999999"):
+        torch_layouts.infer_architecture(state_dict)
+
+
+def test_junk_keys_give_a_bounded_message_naming_a_few_m2() -> None:
+    state_dict = torch_layouts.flax_to_torch(random_variables("B"))
+    state_dict.update({f"junk.{i}": np.zeros(1, np.float32) for i in range(200_000)})
+    with pytest.raises(WeightsError) as info:
+        torch_layouts.torch_to_flax(state_dict)
+    message = str(info.value)
+    assert "unexpected keys (200,000): junk.0, junk.1" in message
+    assert "and 199,995 more" in message and len(message) < 500 and "\n" not in message
+
+
+class _System:
+    """Would run a shell command when unpickled, if unpickling were allowed."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@requires_torch
+def test_a_code_execution_pickle_is_reported_as_refused_l1(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": torch_state_dict("A"), "x": _System(f"touch {marker}")}, path)
+    with pytest.raises(WeightsError) as info:
+        weight_files.load_torch_checkpoint(path)
+    message = str(info.value)
+    assert "refused" in message and "posix.system" in message
+    assert "corrupt" not in message and "weights_only=False" not in message
+    assert "\n" not in message
+    assert not marker.exists()

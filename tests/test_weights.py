@@ -39,15 +39,20 @@ def _error_line(capsys) -> str:
 # One entry point.
 
 
+# The command line's deliberate exception: JAX (imported by jresnet.main) only once the flags
+# are good, so --help and flag errors answer at once.
+_LAZY_ON_PURPOSE = ("jresnet/train_command.py: from jresnet import main as run_main",)
+
+
 def test_no_deferred_imports_between_jresnet_modules() -> None:
     deferred = [
-        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        f"{path.relative_to(REPO)}: {line.strip()}"
         for path in sorted((REPO / "jresnet").rglob("*.py"))
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        for line in path.read_text().splitlines()
         if re.match(r"\s+(from jresnet[ .]|import jresnet)", line)
-        and not line.strip().startswith(("from jresnet.predict import predict",))  # docstring
+        and not line.strip().startswith("from jresnet.predict import predict")  # a docstring
     ]
-    assert deferred == []
+    assert [d for d in deferred if not d.startswith(_LAZY_ON_PURPOSE)] == []
 
 
 def test_an_unknown_source_gets_one_message_from_every_entry_point(tmp_path, capsys) -> None:
