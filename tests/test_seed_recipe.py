@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import seed_recipe
-from jresnet import checkpoint, convert
+from jresnet import checkpoint, torch_layouts, weight_files
 from jresnet.errors import ConfigError
 from tests.conftest import REPO, model_with_random_statistics, tiny_config
 
@@ -199,10 +199,10 @@ def test_snapshot_of_a_finished_jresnet_run_exports_and_checks_its_weights(tmp_p
     assert weights["equals_final_record"] is False
     assert weights["eval_count"] == 40 and 0 <= weights["eval_accuracy"] <= 1
     exported = tmp_path / "results/seed-recipe/jresnet" / weights["file"]
-    exported_state = convert.load_state_dict_file(str(exported))
-    expected_state = convert.flax_to_torch(variables)
+    exported_state = weight_files.load_state_dict_file(str(exported))
+    expected_state = torch_layouts.flax_to_torch(variables)
     assert exported_state.keys() == expected_state.keys()
     for name, value in expected_state.items():
         # ravel: the file holds the 0-d num_batches_tracked counters with shape [1]
-        # (np.ascontiguousarray in convert.save_state_dict_file), which PyTorch accepts.
+        # (np.ascontiguousarray in weight_files.save_state_dict_file), which PyTorch accepts.
         assert np.array_equal(np.ravel(exported_state[name]), np.ravel(value)), name
