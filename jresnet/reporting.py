@@ -323,6 +323,15 @@ class MetricsLog:
         self._writer.flush()
         self.plot()
 
+    def add_to_last(self, fields: Mapping[str, Any]) -> None:
+        """Adds ``fields`` to the last record and rewrites ``metrics.jsonl`` atomically (the
+        end-of-run test results, `jresnet.results.test_fields`; not sent to TensorBoard)."""
+        self.records[-1].update(fields)
+        if is_main_process():
+            safe_files.write_bytes(
+                self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode()
+            )
+
     def summary(self, wall_time_s: float) -> dict[str, Any]:
         """Final and best eval accuracy over all epochs (resumed ones included)."""
         if not self.records:

@@ -119,19 +119,54 @@ def build(
     }
 
 
+# What the end-of-run test evaluation adds to results.json and to the last metrics.jsonl record.
+TEST_FIELDS = (
+    "final_test_accuracy",
+    "final_test_loss",
+    "best_test_accuracy",
+    "best_test_loss",
+    "best_epoch",
+    "test_count",
+)
+
+
 def test_fields(
-    final: Mapping[str, float], best: Mapping[str, float], best_epoch: int
+    final: Mapping[str, float], best: Mapping[str, float] | None, best_epoch: int | None
 ) -> dict[str, Any]:
-    """What the test evaluation adds to ``results.json`` and to the last record of
-    ``metrics.jsonl``, from `jresnet.steps.evaluate`'s metrics of the final and best model."""
+    """`TEST_FIELDS` from `jresnet.steps.evaluate`'s metrics of the final model and of the
+    best checkpoint (None: there is no best checkpoint, e.g. converted weights)."""
     return {
         "final_test_accuracy": final["eval_accuracy"],
         "final_test_loss": final["eval_loss"],
-        "best_test_accuracy": best["eval_accuracy"],
-        "best_test_loss": best["eval_loss"],
+        "best_test_accuracy": best["eval_accuracy"] if best else None,
+        "best_test_loss": best["eval_loss"] if best else None,
         "best_epoch": best_epoch,
         "test_count": final["eval_count"],
     }
+
+
+def protocol_warning(config: Mapping[str, Any]) -> str | None:
+    """A warning if the best checkpoint is chosen on the test split itself, else None."""
+    test_split = config.get("test_split", "")
+    if test_split and test_split == config.get("eval_split"):
+        return (
+            f"--config.test_split={test_split} is also the eval split, on which the best "
+            "checkpoint is chosen: its test accuracy is picked on the test set (flattering). "
+            "Choose on a validation split: --config.train_split='train[:45000]' "
+            "--config.eval_split='train[45000:]'"
+        )
+    return None
+
+
+def format_test(results: Mapping[str, Any]) -> str:
+    """The test part of the final summary line (empty without a test split)."""
+    if results.get("final_test_accuracy") is None:
+        return ""
+    return (
+        f"; test accuracy on {results['test_split']}: final "
+        f"{100 * results['final_test_accuracy']:.2f}%, best checkpoint (epoch "
+        f"{results['best_epoch']}) {100 * results['best_test_accuracy']:.2f}%"
+    )
 
 
 def still_valid(results: Mapping[str, Any] | None, config: Mapping[str, Any], steps: int) -> bool:

@@ -35,16 +35,36 @@ from jax.sharding import PartitionSpec as P
 from jresnet import (
     checkpoint,
     datasets,
+    evaluate,
     input_pipeline,
     models,
     parallel,
     reporting,
+    results,
     steps,
     weights,
 )
 from jresnet import workdir as workdir_lib
 from jresnet.configs import checks
-from jresnet.errors import ConfigError, InterruptedRun, TrainingDivergedError, WeightsError
+from jresnet.errors import (
+    CheckpointError,
+    ConfigError,
+    InterruptedRun,
+    TrainingDivergedError,
+    WeightsError,
+)
+
+
+@dataclasses.dataclass
+class WallClock:
+    """A run's wall time, summed over its sessions: ``before`` seconds (the sessions up to the
+    checkpoint resumed from) plus the time since ``start`` (this session's start)."""
+
+    before: float = 0.0
+    start: float = dataclasses.field(default_factory=time.time)
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +130,7 @@ class Run:
     eval_fn: Callable[..., Any]
     train_fns: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     evaluated: bool = False  # whether eval_fn has run (compiled) in this process
+    clock: WallClock = dataclasses.field(default_factory=lambda: WallClock())
 
     def compile(self, state: steps.TrainState, steps_per_call: int) -> float:
         """Compiles the driver of ``steps_per_call`` fused steps ahead of time; returns seconds.
@@ -357,6 +378,7 @@ def end_epoch(
         **eval_metrics,
         "images_per_s": progress.done * run.recipe.batch_size / max(timed_seconds, 1e-9),
         "epoch_time_s": progress.seconds,
+        "wall_s": run.clock.seconds(),  # since the run began, over all its sessions
     }
     checkpoint.save(
         run.manager,
@@ -385,7 +407,11 @@ def _save_interrupted(
         step,
         state.to_dict(),
         run.config,
-        meta={"history": list(log.records), "epoch_progress": progress.to_json()},
+        meta={
+            "history": list(log.records),
+            "epoch_progress": progress.to_json(),
+            "wall_s": run.clock.seconds(),
+        },
     )
     log.plot()
     raise InterruptedRun(
@@ -495,6 +521,74 @@ def _describe_calls(calls: list[int]) -> str:
     return " and ".join(map(str, sizes)) + (" step" if sizes == [1] else " steps")
 
 
+def _wall_before(meta: dict[str, Any], history: list[dict[str, Any]]) -> float:
+    """The wall time of the sessions before this one, as saved with the checkpoint resumed
+    from (checkpoints saved before wall times were: the sum of the epoch times)."""
+    if "wall_s" in meta:  # a checkpoint saved inside an epoch
+        return meta["wall_s"]
+    if not history:
+        return 0.0
+    return history[-1].get("wall_s", sum(r.get("epoch_time_s", 0.0) for r in history))
+
+
+def _finish(
+    run: Run, state: steps.TrainState, log: reporting.MetricsLog, session_s: float
+) -> dict[str, Any]:
+    """After the last epoch: the test split, once (final model and best checkpoint), then
+    ``results.json``, the test fields of the last ``metrics.jsonl`` record and the summary line.
+
+    A finished run rerun keeps its ``results.json`` (and does not evaluate the test split
+    again) unless it no longer describes this run (`results.still_valid`).
+    """
+    summary = log.summary(session_s)
+    if not log.records:
+        reporting.info(reporting.format_summary(summary))
+        return summary
+    config = run.config.to_dict()
+    last = log.records[-1]
+    try:
+        outcome = results.read(run.workdir)
+    except CheckpointError as e:
+        reporting.warn(f"{e}; writing it again")
+        outcome = None
+    if results.still_valid(outcome, config, last["step"]):
+        reporting.info(
+            f"{results.RESULTS_FILE} already holds this run's results: kept (the test split is "
+            "not evaluated again)"
+        )
+    else:
+        best = results.best_record(log.records, run.manager.all_steps())
+        if best is None:  # the best epoch's checkpoint is gone: report the final one's
+            best = last
+        test = None
+        if run.config.test_split:
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            test = evaluate.final_and_best_on_test(
+                run.config,
+                run.config.dataset,
+                run.eval_fn,
+                run.mesh,
+                variables,
+                last["step"],
+                run.workdir,
+                best,
+            )
+        code = results.code_version() if reporting.is_main_process() else None
+        outcome = results.build(config, log.records, best, test, last.get("wall_s", 0.0), code)
+        if reporting.is_main_process():
+            results.write(run.workdir, outcome)
+    if outcome.get("final_test_accuracy") is not None:
+        log.add_to_last({key: outcome[key] for key in results.TEST_FIELDS})
+    summary.update({key: outcome[key] for key in results.TEST_FIELDS})
+    summary.update(
+        best_eval_accuracy=outcome["best_eval_accuracy"],
+        best_epoch=outcome["best_epoch"],
+        wall_time_s=outcome["wall_s"],
+    )
+    reporting.info(reporting.format_summary(summary) + results.format_test(outcome))
+    return summary
+
+
 def _setup(
     config: ml_collections.ConfigDict,
     recipe: Recipe,
@@ -565,12 +659,15 @@ def train_and_evaluate(
         state, meta = _initial_state(run, init_key, init_variables)
         start_step = int(parallel.to_host(state.step))
         start_epoch, progress, history = _position(run, start_step, meta)
+        run.clock = WallClock(before=_wall_before(meta, history), start=start_time)
         log = stack.enter_context(
             contextlib.closing(
                 reporting.MetricsLog(workdir, history, title=reporting.describe_run(config))
             )
         )
         _announce(run, state)
+        if warning := results.protocol_warning(config):
+            reporting.warn(warning)
         more_epochs = start_epoch + 1 < recipe.num_epochs
         if start_epoch < recipe.num_epochs:
             run.compile_calls(state, progress.done, more_epochs)
@@ -592,8 +689,7 @@ def train_and_evaluate(
                     f"{stop.signal_name} after epoch {epoch + 1} (step {record['step']}); its "
                     "checkpoint is saved: rerun the same command to resume from it"
                 )
-        summary = log.summary(time.time() - start_time)
-        reporting.info(reporting.format_summary(summary))
+        summary = _finish(run, state, log, time.time() - start_time)
         log.plot()
     return summary
 

@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "cifar10"  # "cifar10" or "cifar100"
     config.data_dir = ""  # TFDS data dir; "" means TFDS's default (~/tensorflow_datasets)
     config.train_split = "train"  # any TFDS split string, e.g. "train[:45000]"
-    config.eval_split = "test"  # TFDS split evaluated after every epoch
+    config.eval_split = "test"  # TFDS split evaluated after every epoch; picks the best epoch
+    config.test_split = ""  # TFDS split evaluated once at the end (final, best); "" = none
     config.normalization = "cifar"  # "cifar": the seed's; "imagenet": akamaster's; "cifar100"
     config.augment = True  # random crop with 4-pixel zero padding + horizontal flip
 
