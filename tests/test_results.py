@@ -15,6 +15,7 @@ import pytest
 
 from jresnet import (
     checkpoint,
+    datasets,
     evaluate,
     input_pipeline,
     main,
@@ -120,7 +121,7 @@ def test_final_and_best_evaluates_the_best_checkpoint_not_the_final_model(finish
     workdir = finished_run[0]
     model, final = checkpoint.load_model(workdir, 9)
     mesh = parallel.create_mesh()
-    eval_fn = steps.make_eval_fn(model, *input_pipeline.NORMALIZATIONS["cifar"], mesh)
+    eval_fn = steps.make_eval_fn(model, *datasets.NORMALIZATIONS["cifar"], mesh)
     fields = evaluate.final_and_best_on_test(
         tiny_config(data_dir, **HONEST),
         "cifar10",
@@ -134,6 +135,20 @@ def test_final_and_best_evaluates_the_best_checkpoint_not_the_final_model(finish
     assert fields["best_epoch"] == 1
     assert fields["best_test_accuracy"] == _accuracy_of_checkpoint(workdir, 3, data_dir)
     assert fields["final_test_accuracy"] == _accuracy_of_checkpoint(workdir, 9, data_dir)
+
+
+def test_eval_only_reports_the_test_split_as_the_run_did(finished_run, data_dir, capsys):
+    workdir = finished_run[0]
+    capsys.readouterr()
+    assert main.run(tiny_config(data_dir, **HONEST, eval_only=True), workdir) == 0
+    out, err = capsys.readouterr()
+    reported = json.loads(out.strip().splitlines()[-1])
+    saved = results.read(workdir)
+    assert {k: reported[k] for k in results.TEST_FIELDS} == {
+        k: saved[k] for k in results.TEST_FIELDS
+    }
+    assert reported["eval_accuracy"] == saved["final_eval_accuracy"]
+    assert f"best checkpoint (epoch {saved['best_epoch']}, by eval accuracy)" in err
 
 
 def test_best_record_is_the_earliest_best_among_kept_checkpoints():
