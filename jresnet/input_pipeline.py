@@ -16,6 +16,7 @@ import dataclasses
 import io
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -159,8 +160,22 @@ def load_split(
       DataError: the dataset is not prepared in array_record format in ``data_dir``, or its
         files are damaged (the message names them).
     """
+    builder, source = _data_source(dataset, split, data_dir)
+    return _read_examples(source, _split_files(builder, split), dataset)
+
+
+def split_size(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> int:
+    """The number of examples in ``split``, reading none of them (a split checked at the
+    start of a run and read at its end: ``--config.test_split``). Raises like `load_split`."""
+    return len(_data_source(dataset, split, data_dir)[1])
+
+
+def _data_source(
+    dataset: str, split: str, data_dir: str | os.PathLike | None
+) -> tuple[tfds.core.DatasetBuilder, Any]:
+    """The builder and the random-access ``tfds.data_source`` of raw records of ``split``
+    (nothing read yet). Raises like `load_split`."""
     builder = _builder(dataset, data_dir)
-    data_dir = os.fspath(data_dir) if data_dir else None
     if not _is_prepared(builder):
         raise _not_found(dataset, builder, "is not prepared")
     try:
@@ -168,7 +183,7 @@ def load_split(
         source = tfds.data_source(
             dataset,
             split=split,
-            data_dir=data_dir,
+            data_dir=os.fspath(data_dir) if data_dir else None,
             download=False,
             deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
         )
@@ -185,7 +200,7 @@ def load_split(
         ) from e
     except RuntimeError as e:  # array_record refuses a damaged file when it opens it
         raise _damaged(_split_files(builder, split), dataset, e) from e
-    return _read_examples(source, _split_files(builder, split), dataset)
+    return builder, source
 
 
 def _split_files(builder: tfds.core.DatasetBuilder, split: str) -> str:

@@ -668,6 +668,8 @@ def train_and_evaluate(
         _announce(run, state)
         if warning := results.protocol_warning(config):
             reporting.warn(warning)
+        if config.test_split:  # a bad split fails now, not after the last epoch
+            input_pipeline.split_size(config.dataset, config.test_split, config.data_dir or None)
         more_epochs = start_epoch + 1 < recipe.num_epochs
         if start_epoch < recipe.num_epochs:
             run.compile_calls(state, progress.done, more_epochs)

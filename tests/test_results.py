@@ -151,6 +151,13 @@ def test_eval_only_reports_the_test_split_as_the_run_did(finished_run, data_dir,
     assert f"best checkpoint (epoch {saved['best_epoch']}, by eval accuracy)" in err
 
 
+def test_a_bad_test_split_is_refused_before_training(tmp_path, data_dir, capsys):
+    workdir = str(tmp_path / "run")
+    assert main.run(tiny_config(data_dir, **{**HONEST, "test_split": "tset"}), workdir) == 2
+    assert "Bad split 'tset'" in capsys.readouterr().err
+    assert reporting.read_metrics(workdir) == [] and results.read(workdir) is None
+
+
 def test_best_record_is_the_earliest_best_among_kept_checkpoints():
     records = [
         {"epoch": 1, "step": 3, "eval_accuracy": 0.5},
