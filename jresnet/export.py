@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jresnet import datasets, errors, models, safe_files, weights
-from jresnet.errors import ConfigError, JresnetError
+from jresnet.errors import ConfigError, OutputError
 
 INPUT_LAYOUTS = ("NHWC", "NCHW")
 ONNX_EXTENSION = ".onnx"
@@ -60,10 +60,6 @@ DEFAULT_PLATFORMS = "cpu,cuda"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-class ExportError(JresnetError, ValueError):
-    """A model that can't be exported as asked; the message says why."""
-
-
 def eval_function(
     model: models.ResNet, variables: Mapping[str, Any], input_layout: str = "NHWC"
 ) -> Callable[[jax.Array], jax.Array]:
@@ -72,7 +68,7 @@ def eval_function(
     ``images`` are normalised float32 ``[N, 32, 32, 3]`` (NHWC) or ``[N, 3, 32, 32]`` (NCHW).
     """
     if input_layout not in INPUT_LAYOUTS:
-        raise ExportError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
+        raise ConfigError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
     variables = jax.tree.map(jnp.asarray, dict(variables))
 
     def logits(images: jax.Array) -> jax.Array:
@@ -91,7 +87,7 @@ def _import_jax2onnx() -> Any:
     try:
         import jax2onnx
     except ImportError as e:
-        raise ExportError(
+        raise ConfigError(
             "ONNX export needs the jax2onnx and onnx packages: pip install onnx jax2onnx "
             "(from a clone: pip install -e '.[export]')"
         ) from e
@@ -124,7 +120,7 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as e:
-        raise ExportError(
+        raise ConfigError(
             "ONNX export needs the jax2onnx and onnx packages: pip install onnx jax2onnx "
             "(from a clone: pip install -e '.[export]')"
         ) from e
@@ -219,7 +215,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
 
     if os.path.exists(args.out):
-        raise ExportError(f"{args.out} already exists; choose another output path")
+        raise OutputError(f"{args.out} already exists; choose another output path")
     safe_files.check_target(args.out)  # before the work: a missing directory, a planted link
     onnx_out = args.out.lower().endswith(ONNX_EXTENSION)
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]

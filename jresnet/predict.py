@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jresnet import datasets, errors, models, weights
-from jresnet.errors import ImageError, JresnetError
+from jresnet.errors import ConfigError, ImageError
 
 IMAGE_SIZE = 32
 # Larger images are refused before decoding (PIL's own bomb limit is twice its default
@@ -44,21 +44,17 @@ _TOO_LARGE = (
 _EXIF_ORIENTATION = 0x0112
 
 
-class PredictError(JresnetError, ValueError):
-    """Images or a model source that can't be used for prediction."""
-
-
 def _mean_std(normalization: str | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(normalization, str):
         table = datasets.NORMALIZATIONS
         if normalization not in table:
-            raise PredictError(f"unknown normalization {normalization!r}; known: {sorted(table)}")
+            raise ConfigError(f"unknown normalization {normalization!r}; known: {sorted(table)}")
         mean, std = table[normalization]
     else:
         mean, std = normalization
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     if mean.shape != (3,) or std.shape != (3,):
-        raise PredictError(f"normalization must be a name or (mean[3], std[3]), got {mean}, {std}")
+        raise ConfigError(f"normalization must be a name or (mean[3], std[3]), got {mean}, {std}")
     return mean, std
 
 
@@ -96,16 +92,16 @@ def predict(
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise PredictError(
+        raise ImageError(
             f"expected uint8 images (0..255), got {images.dtype}; for already normalised "
             "float inputs call model.apply(variables, x, train=False) directly"
         )
     if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise PredictError(f"expected images of shape [N, 32, 32, 3] (NHWC), got {images.shape}")
+        raise ImageError(f"expected images of shape [N, 32, 32, 3] (NHWC), got {images.shape}")
     if normalization is None:
         normalization = getattr(model, "normalization", None)
         if normalization is None:
-            raise PredictError(
+            raise ImageError(
                 "pass normalization= ('cifar', 'imagenet', ...): this model does not say how "
                 "its inputs were normalised"
             )

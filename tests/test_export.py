@@ -113,7 +113,7 @@ def test_cli_stablehlo_runs_without_jresnet(tmp_path) -> None:
 def test_missing_exporter_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "jax2onnx", None)
     model, variables = model_with_random_statistics("A")
-    with pytest.raises(export.ExportError, match=r"pip install onnx jax2onnx .*'\.\[export\]'"):
+    with pytest.raises(ConfigError, match=r"pip install onnx jax2onnx .*'\.\[export\]'"):
         export.to_onnx(model, variables)
 
 
