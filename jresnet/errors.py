@@ -31,8 +31,12 @@ subclass of `JresnetError` (and of the builtin a caller would catch, where one f
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
+from typing import Any
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -82,6 +86,48 @@ class InterruptedRun(JresnetError):
     exit_code = EXIT_INTERRUPTED
 
 
+def _is_closed_loop_callback(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _is_abandoned_orbax_read(info: Any) -> bool:
+    code = getattr(info.object, "cr_code", None)  # a coroutine collected with its error
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+class _AbandonedOrbaxTasks(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for an Orbax read (see below)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tb = record.exc_info[2] if record.exc_info else None
+        files = [frame.filename for frame in traceback.extract_tb(tb)] if tb else []
+        return not any(f"{os.sep}orbax{os.sep}" in name for name in files)
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Stops printing the tracebacks of Orbax reads abandoned by a failed restore, which
+    jresnet has already reported in one line: ``RuntimeError: Event loop is closed`` from
+    TensorStore's threads, and ``Exception ignored in: <coroutine ...>`` with a raw
+    TensorStore spec for each array still in flight (30-250 of them; nothing to act on),
+    and asyncio's "Task exception was never retrieved" for the same reads.
+    Every other exception reaches the previous hooks unchanged. Installed once."""
+    if getattr(sys.unraisablehook, "drops_abandoned_orbax_reads", False):
+        return
+    previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
+
+    def unraisable(info: Any) -> None:
+        if not (_is_closed_loop_callback(info.exc_value) or _is_abandoned_orbax_read(info)):
+            previous_unraisable(info)
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not _is_closed_loop_callback(value):
+            previous_excepthook(kind, value, tb)
+
+    unraisable.drops_abandoned_orbax_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    logging.getLogger("asyncio").addFilter(_AbandonedOrbaxTasks())
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Runs a command line's ``main``: `JresnetError` -> ``error: message`` and its exit code.
 
@@ -89,6 +135,7 @@ def run_cli(main: Callable[[], int | None]) -> int:
     with `EXIT_INTERRUPTED`; any other exception
     propagates with its traceback (it is a bug, not the user's mistake).
     """
+    _drop_closed_loop_callbacks()
     try:
         return main() or EXIT_OK
     except InterruptedRun as e:  # asked for, not a mistake: "stopped", not "error"

@@ -75,7 +75,7 @@ def test_train_py_with_a_planted_lock_symlink_exits_2_and_leaves_the_victim(tmp_
     run = tmp_path / "w"
     run.mkdir()
     (run / workdir.LOCK_FILE).symlink_to(victim)
-    command = train_command(run, **TINY, data_dir=data_dir, init_from="/nonexistent.pth")
+    command = train_command(run, **TINY, data_dir=data_dir)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 2, result.stderr
     assert "symbolic link" in result.stderr
