@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -83,20 +84,20 @@ def _input_shape(input_layout: str, batch: Any) -> tuple[Any, ...]:
     return (batch, 3, 32, 32) if input_layout == "NCHW" else (batch, 32, 32, 3)
 
 
-def _import_jax2onnx() -> Any:
+def _import_exporter(name: str) -> Any:
+    """``onnx`` or ``jax2onnx``: optional packages (the ``export`` extra), imported on use."""
     try:
-        import jax2onnx
+        return importlib.import_module(name)
     except ImportError as e:
         raise ConfigError(
             "ONNX export needs the jax2onnx and onnx packages: pip install onnx jax2onnx "
             "(from a clone: pip install -e '.[export]')"
         ) from e
-    return jax2onnx
 
 
 def check_opset(opset: int) -> None:
     """Raises `ConfigError` unless ONNX ``opset`` is one jresnet's exporter writes correctly."""
-    newest = _import_onnx().defs.onnx_opset_version()
+    newest = _import_exporter("onnx").defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise ConfigError(
             f"--opset {opset} is not supported: it must be at least {MIN_OPSET} (the exporter "
@@ -116,17 +117,6 @@ def check_platforms(platforms: Sequence[str]) -> None:
             )
 
 
-def _import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as e:
-        raise ConfigError(
-            "ONNX export needs the jax2onnx and onnx packages: pip install onnx jax2onnx "
-            "(from a clone: pip install -e '.[export]')"
-        ) from e
-    return onnx
-
-
 def to_onnx(
     model: models.ResNet,
     variables: Mapping[str, Any],
@@ -139,7 +129,7 @@ def to_onnx(
     The batch dimension is dynamic (named ``batch``); ``metadata`` goes into the
     model's ``metadata_props``. ``opset`` is at least `MIN_OPSET` (`check_opset`).
     """
-    jax2onnx = _import_jax2onnx()
+    jax2onnx = _import_exporter("jax2onnx")
     check_opset(opset)
     fn = eval_function(model, variables, input_layout)
     # jax2onnx 0.13's linen Conv plugin prints debugging lines to stdout, and its dm_pix
