@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import datasets, input_pipeline, models, parallel, steps
-from jresnet.configs import default
+from jresnet import input_pipeline, parallel, steps
+from jresnet.testing import driver_setup
 
 
 def max_abs_diff(a, b) -> float:
@@ -32,29 +32,25 @@ def max_abs_diff(a, b) -> float:
 
 def main() -> None:
     assert jax.device_count() == 2, jax.devices()
-    config = default.get_config()
-    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
-    tx = steps.create_optimizer(config, lr_fn)
-    model = models.create_model("resnet8")
-    mean, std = datasets.NORMALIZATIONS["cifar"]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 16).astype(np.int32)
     key = jax.random.key(1)
-    init = steps.create_train_state(jax.random.key(0), model, tx)
 
     results = {}
     for n in (1, 2):
-        mesh = parallel.create_mesh(jax.devices()[:n])
-        step = steps.make_train_fn(
-            model=model, tx=tx, learning_rate_fn=lr_fn, mean=mean, std=std, augment=True, mesh=mesh
-        )
+        args = driver_setup.resnet8(steps_per_epoch=10, devices=jax.devices()[:n])
+        mesh = args["mesh"]
+        init = steps.create_train_state(jax.random.key(0), args["model"], args["tx"])
+        step = steps.make_train_fn(**args)
         state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)  # the step donates it
         batch = parallel.global_batch((images[None], labels[None]), mesh, batch_axis=1)
         state, metrics = step(state, *batch, key)
         metrics = jax.tree.map(lambda m: m[0], metrics)
         results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
 
+    model, tx, lr_fn = args["model"], args["tx"], args["learning_rate_fn"]
+    mean, std = args["mean"], args["std"]
     # The step function under pmap: the batch split into 2 device shards.
     x = input_pipeline.augment(jax.random.fold_in(key, 0), jnp.asarray(images), mean, std)
     pmapped = jax.pmap(

@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from jresnet import models, steps
+from jresnet import models, parallel, steps
 from jresnet.configs import default
+from jresnet.testing import driver_setup
 
 torch = pytest.importorskip("torch")
 
@@ -217,35 +218,27 @@ def test_eval_step_counts_only_masked_examples():
     assert float(half["loss_sum"]) == pytest.approx(float(expected_loss), rel=1e-5)
 
 
+def _fresh_state(args):
+    """The state every driver test starts from, new (drivers donate it) and replicated over
+    the mesh of ``args`` (`driver_setup.resnet8`)."""
+    state = steps.create_train_state(jax.random.key(0), args["model"], args["tx"])
+    return parallel.replicate(state, args["mesh"])
+
+
 @pytest.mark.slow
 def test_several_steps_per_call_equal_single_steps():
     """K fused steps (unrolled scan) = K calls of one step, augmentation included."""
-    from jresnet import datasets, parallel
-
-    config = _config()
-    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=2)  # lr changes mid-call
-    tx = steps.create_optimizer(config, lr_fn)
-    model = models.create_model("resnet8")
-    mean, std = datasets.NORMALIZATIONS["cifar"]
-    mesh = parallel.create_mesh(jax.devices()[:1])
+    # 2 steps per epoch: the learning rate changes inside a call of 4 steps.
+    args = driver_setup.resnet8(steps_per_epoch=2, devices=jax.devices()[:1])
+    mesh = args["mesh"]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (4, 8)).astype(np.int32)
     key = jax.random.key(3)
-    init = steps.create_train_state(jax.random.key(0), model, tx)
 
     def run(steps_per_call):
-        fn = steps.make_train_fn(
-            model=model,
-            tx=tx,
-            learning_rate_fn=lr_fn,
-            mean=mean,
-            std=std,
-            augment=True,
-            mesh=mesh,
-            steps_per_call=steps_per_call,
-        )
-        state = parallel.replicate(jax.tree.map(jnp.copy, init), mesh)
+        fn = steps.make_train_fn(**args, steps_per_call=steps_per_call)
+        state = _fresh_state(args)
         losses = []
         for start in range(0, 4, steps_per_call):
             chunk = (images[start : start + steps_per_call], labels[start : start + steps_per_call])
@@ -277,25 +270,11 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     assert (
         stablehlo_loops.convolutions_in_while_loops(_rolled_scan_of_a_convolution()) == 1
     )  # detector works
-    from jresnet import datasets, parallel
-
-    config = _config()
-    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=2)
-    tx = steps.create_optimizer(config, lr_fn)
-    model = models.create_model("resnet8")
-    mean, std = datasets.NORMALIZATIONS["cifar"]
-    mesh = parallel.create_mesh(jax.devices()[:1])
-    fn = steps.make_train_fn(
-        model=model,
-        tx=tx,
-        learning_rate_fn=lr_fn,
-        mean=mean,
-        std=std,
-        augment=True,
-        mesh=mesh,
-        steps_per_call=steps_per_call,
+    args = driver_setup.resnet8(steps_per_epoch=2, devices=jax.devices()[:1])
+    fn = steps.make_train_fn(**args, steps_per_call=steps_per_call)
+    state = jax.eval_shape(
+        lambda: steps.create_train_state(jax.random.key(0), args["model"], args["tx"])
     )
-    state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
     images = jax.ShapeDtypeStruct((steps_per_call, 8, 32, 32, 3), jnp.uint8)
     labels = jax.ShapeDtypeStruct((steps_per_call, 8), jnp.int32)
     hlo = fn.lower(state, images, labels, jax.random.key(1)).as_text()

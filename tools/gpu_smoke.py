@@ -15,28 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import datasets, models, parallel, steps
-from jresnet.configs import default
+from jresnet import parallel, steps
+from jresnet.testing import driver_setup
 
 
 def fused_losses(dtype: str) -> list[float]:
     """Losses of 2 calls of 2 fused steps of ResNet-8 in ``dtype`` on random data."""
-    config = default.get_config()
-    lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=10)
-    tx = steps.create_optimizer(config, lr_fn)
-    model = models.create_model("resnet8", dtype=jnp.dtype(dtype))
-    mean, std = datasets.NORMALIZATIONS["cifar"]
-    mesh = parallel.create_mesh()
-    step = steps.make_train_fn(
-        model=model,
-        tx=tx,
-        learning_rate_fn=lr_fn,
-        mean=mean,
-        std=std,
-        augment=True,
-        mesh=mesh,
-        steps_per_call=2,
-    )
+    args = driver_setup.resnet8(steps_per_epoch=10, dtype=dtype)
+    model, tx, mesh = args["model"], args["tx"], args["mesh"]
+    step = steps.make_train_fn(**args, steps_per_call=2)
     state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
     losses = []
