@@ -201,8 +201,8 @@ def throughput_intro(measure: str, sizes: dict[str, Any]) -> list[str]:
             "## 2. End to end: training loop with input pipeline and augmentation",
             f"jresnet: `train.train_and_evaluate` itself, 2 epochs of {sizes['e2e_steps']} "
             "steps (the first compiles and warms up); the number is the second epoch's "
-            "`images_per_s` from the loop's own metrics.jsonl (host gather of each shuffled "
-            "batch, transfer, on-device augmentation, metric sums, read-backs; eval and "
+            "`images_per_s` from the loop's own metrics.jsonl (each shuffled batch gathered "
+            "from the split on the device, augmentation, metric sums, read-backs; eval and "
             "checkpointing fall outside the epoch time). XLA flags as `train.py` sets them. "
             "Seed: `DataLoader(batch_size=128, shuffle=True, num_workers=2)` over "
             f"{sizes['e2e_steps']} batches an epoch, per-sample transforms, `loss.item()` "

@@ -1,8 +1,11 @@
-"""CIFAR input pipeline: whole splits in host memory, augmentation on device.
+"""CIFAR input pipeline: whole splits read into memory, shuffling and augmentation on device.
 
 Conventions: images are NHWC; on the host they stay uint8 ``[N, 32, 32, 3]`` (RGB, 0..255) and
-labels int32 ``[N]``. Augmentation and normalisation run batched inside the jitted step, from
-an explicit PRNG key, and produce float32 ``[B, 32, 32, 3]``.
+labels int32 ``[N]``. Training puts the whole uint8 split on the device(s) once per run
+(`parallel.shard_rows`); each epoch's order (`epoch_permutation`), the gathering of each
+step's batch, augmentation and normalisation run batched inside the jitted step
+(`steps.make_train_fn` with a `steps.DeviceSplit`), from explicit PRNG keys, and produce
+float32 ``[B, 32, 32, 3]``.
 
 Data is read with ``tfds.data_source`` (array_record, no TensorFlow). This module never
 downloads: a dataset that is not prepared raises `errors.DataError`, which says how
@@ -295,16 +298,24 @@ def augment(
 
 
 # --------------------------------------------------------------------------------------------
-# Batching (host side).
+# Shuffling and batching.
+
+# Folded into ``jax.random.key(seed)`` for the data order; the run's initialisation and
+# augmentation keys come from ``jax.random.split(jax.random.key(seed))`` instead.
+DATA_ORDER_STREAM = 0xDA7A
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the ``n`` training examples in ``epoch``: int64 ``[n]``.
+def epoch_permutation(seed: int, epoch: int | jax.Array, n: int) -> jax.Array:
+    """The order of the ``n`` training examples in ``epoch``: int32 ``[n]``.
 
-    A function of (seed, epoch, n) only, so a resumed run replays the same order. ``seed`` and
-    ``epoch`` must be non-negative.
+    ``jax.random.permutation`` of ``fold_in(fold_in(key(seed), DATA_ORDER_STREAM), epoch)``: a
+    function of (seed, epoch, n) only, so a resumed run replays the same order, on any number
+    of devices or processes. Traceable: the training driver computes it inside the jitted call
+    (`steps.make_train_fn`); called eagerly, it gives the same order on the host.
+    ``seed`` and ``epoch`` must be non-negative.
     """
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    data_key = jax.random.fold_in(jax.random.key(seed), DATA_ORDER_STREAM)
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -325,9 +336,13 @@ def train_batches(
     """One epoch of shuffled full batches: ``steps_per_epoch`` pairs of uint8
     ``[batch_size, 32, 32, 3]`` images and int32 ``[batch_size]`` labels, in the order of
     :func:`epoch_permutation`; the last ``n % batch_size`` examples of that order are dropped.
+
+    The batches the training driver gathers on the device (`steps.make_train_fn` with a
+    `steps.DeviceSplit`), made on the host: for feeding `steps.make_train_fn` without one,
+    and for checking the driver.
     """
     steps = steps_per_epoch(len(images), batch_size)
-    order = epoch_permutation(seed, epoch, len(images))
+    order = np.asarray(epoch_permutation(seed, epoch, len(images)))
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
         yield images[index], labels[index]

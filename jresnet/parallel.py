@@ -122,6 +122,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def shard_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Places a host array (identical on every process) over the devices of ``mesh``, split
+    along its first axis: ``[N', ...]`` sharded over ``BATCH_AXIS``, where ``N'`` is ``N``
+    rounded up to a multiple of the device count (zero rows at the end). Each process puts
+    only the blocks of its own devices on them (`jax.make_array_from_callback`).
+    """
+    pad = -len(array) % mesh.size
+    if pad:
+        array = np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)])
+    sharding = batch_sharded(mesh)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 def check_divisible(batch_size: int, what: str, mesh: Mesh) -> None:
     """Raises ValueError unless ``batch_size`` splits evenly over the mesh's devices."""
     if batch_size % mesh.size:

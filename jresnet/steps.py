@@ -17,6 +17,7 @@ gradients, metrics and BatchNorm statistics are averaged over that axis.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -238,6 +239,70 @@ def eval_step(
     return sums
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceSplit:
+    """The training split on the device(s), where the driver of `make_train_fn` reads its
+    batches from (`parallel.shard_rows` places it).
+
+    Attributes:
+      seed: the run's seed: epoch ``e``'s order is
+        ``input_pipeline.epoch_permutation(seed, e, num_examples)``.
+      num_examples: the split's real rows (padding rows follow them on the devices).
+      batch_size: the global batch; an epoch is ``num_examples // batch_size`` steps.
+    """
+
+    seed: int
+    num_examples: int
+    batch_size: int
+
+
+def _fused(
+    one_step: Callable[..., Any],
+    state: TrainState,
+    xs: Any,
+    steps_per_call: int,
+    unroll: int | None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``steps_per_call`` applications of ``one_step(state, x)`` as a `lax.scan` over ``xs``
+    (None: no per-step input), unrolled ``unroll`` (default: all) times; metrics ``[K]``.
+
+    Unrolled fully, there is no XLA while loop: convolutions inside XLA:CPU loops are far
+    slower (see ``benchmarks/RESULTS.md``), and even a length-1 scan is a loop, so K = 1
+    calls the step directly.
+    """
+    if steps_per_call == 1:
+        state, metrics = one_step(state, jax.tree.map(lambda x: x[0], xs))
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(one_step, state, xs, length=steps_per_call, unroll=unroll or steps_per_call)
+
+
+def _gather_rows(
+    images: jax.Array, labels: jax.Array, index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Under `jax.shard_map`: this device's block of the global batch ``split[index]``.
+
+    ``images [R, ...]`` and ``labels [R]`` are this device's block of rows of the split
+    (rows ``d*R .. d*R + R - 1`` on device ``d``); ``index [B]`` (the same on every device)
+    are rows of the whole split. Each device takes the rows it holds (zeros elsewhere), a
+    ``psum`` adds those contributions up, exactly (one is non-zero per row; int32, which every
+    backend's all-reduce takes, also across processes), and device ``d`` keeps rows
+    ``d*B/D .. (d+1)*B/D - 1`` of the batch. On one device this is a plain gather.
+    """
+    rows = images.shape[0]
+    device = jax.lax.axis_index(parallel.BATCH_AXIS)
+    local = index - device * rows
+    mine = (local >= 0) & (local < rows)
+    local = jnp.where(mine, local, 0)
+    batch_images = jnp.where(mine[:, None, None, None], images[local], 0).astype(jnp.int32)
+    batch_labels = jnp.where(mine, labels[local], 0).astype(jnp.int32)
+    batch_images, batch_labels = jax.lax.psum((batch_images, batch_labels), parallel.BATCH_AXIS)
+    block = index.shape[0] // jax.lax.axis_size(parallel.BATCH_AXIS)
+    start = device * block
+    batch_images = jax.lax.dynamic_slice_in_dim(batch_images, start, block)
+    batch_labels = jax.lax.dynamic_slice_in_dim(batch_labels, start, block)
+    return batch_images.astype(images.dtype), batch_labels.astype(labels.dtype)
+
+
 def make_train_fn(
     *,
     model: models.ResNet,
@@ -249,24 +314,35 @@ def make_train_fn(
     mesh: Mesh,
     steps_per_call: int = 1,
     unroll: int | None = None,
+    split: DeviceSplit | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted driver: ``(state, images_uint8, labels, base_key) -> (state, metrics)``.
 
-    Runs ``K = steps_per_call`` consecutive steps in one call:
-    ``images_uint8 [K, B, 32, 32, 3]`` and ``labels [K, B]`` hold K global
-    batches, sharded over ``mesh`` along B (`parallel.global_batch` with
-    ``batch_axis=1``); ``state`` is replicated; metrics come back ``[K]``.
-    Each step augments (or only normalises) its whole global batch from
-    ``fold_in(base_key, state.step)``, so crops and flips depend neither on the
-    device count nor on K; then `train_step` runs on each device's shard under
-    `jax.shard_map`, averaging over the ``"batch"`` axis.
+    Runs ``K = steps_per_call`` consecutive steps in one call; ``state`` is replicated and
+    donated (its buffers are reused); metrics come back ``[K]``. Where the batches come from:
 
-    The K steps are a `lax.scan` unrolled K times: one dispatch per K steps and
-    no XLA while loop (convolutions inside XLA:CPU loops are far slower, see
-    ``benchmarks/RESULTS.md``; even a
-    length-1 scan is a loop, so K = 1 calls the step directly). ``unroll`` (default: K)
-    unrolls fewer steps, e.g. 1 for a rolled loop where loops are cheap (GPUs).
-    ``state`` is donated: its buffers are reused.
+    * ``split=None`` (the benchmarks and checks): the call brings them.
+      ``images_uint8 [K, B, 32, 32, 3]`` and ``labels [K, B]`` hold K global batches,
+      sharded over ``mesh`` along B (`parallel.global_batch` with ``batch_axis=1``).
+    * A `DeviceSplit` (training): ``images_uint8 [N', 32, 32, 3]`` and ``labels [N']`` are
+      the whole training split (``split.num_examples`` real rows, then padding), sharded
+      over ``mesh`` along the rows (`parallel.shard_rows`); they go to the device(s) once
+      per run and are not donated. The K steps run from optimizer step ``s = state.step``
+      on, all inside one epoch of ``steps_per_epoch = num_examples // batch_size`` steps:
+      epoch ``e = s // steps_per_epoch``. Inside the call, the epoch's order is
+      ``input_pipeline.epoch_permutation(split.seed, e, num_examples)`` and each step's
+      global batch is the next ``batch_size`` entries of it, gathered from the devices that
+      hold them (`_gather_rows`): the batches `input_pipeline.train_batches` makes on the
+      host, whatever the device or process count, and a function of the step alone, so a
+      run resumed mid-epoch continues exactly. The host does no per-call work beyond the
+      dispatch.
+
+    Each step augments (or only normalises) its whole global batch from
+    ``fold_in(base_key, state.step)``, so crops and flips depend neither on the device
+    count nor on K; then `train_step` runs on each device's shard under `jax.shard_map`,
+    averaging over the ``"batch"`` axis. The K steps are a `lax.scan` unrolled ``unroll``
+    (default: K) times (`_fused`): one dispatch per K steps and, unrolled fully, no XLA
+    while loop; ``unroll=1`` gives a rolled loop, for where loops are cheap (GPUs).
     """
     step = functools.partial(
         train_step,
@@ -287,22 +363,46 @@ def make_train_fn(
         check_vma=False,
     )
 
-    def run(state, images, labels, base_key):
-        def one_step(state, batch):
-            images, labels = batch
-            if augment:
-                key = jax.random.fold_in(base_key, state.step)
-                x = input_pipeline.augment(key, images, mean, std)
-            else:
-                x = input_pipeline.normalize(images, mean, std)
-            return sharded_step(state, {"image": x, "label": labels})
+    def global_step(state, images, labels, base_key):
+        if augment:
+            key = jax.random.fold_in(base_key, state.step)
+            x = input_pipeline.augment(key, images, mean, std)
+        else:
+            x = input_pipeline.normalize(images, mean, std)
+        return sharded_step(state, {"image": x, "label": labels})
 
-        if steps_per_call == 1:  # a length-1 scan would still lower to a while loop
-            state, metrics = one_step(state, (images[0], labels[0]))
-            return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(one_step, state, (images, labels), unroll=unroll or steps_per_call)
+    if split is None:
 
-    return jax.jit(run, donate_argnums=0)
+        def run(state, images, labels, base_key):
+            def one_step(state, batch):
+                return global_step(state, *batch, base_key)
+
+            return _fused(one_step, state, (images, labels), steps_per_call, unroll)
+
+        return jax.jit(run, donate_argnums=0)
+
+    steps_per_epoch = input_pipeline.steps_per_epoch(split.num_examples, split.batch_size)
+    gather = jax.shard_map(
+        _gather_rows,
+        mesh=mesh,
+        in_specs=(P(parallel.BATCH_AXIS), P(parallel.BATCH_AXIS), P()),
+        out_specs=(P(parallel.BATCH_AXIS), P(parallel.BATCH_AXIS)),
+        check_vma=False,
+    )
+
+    def run_on_split(state, split_images, split_labels, base_key):
+        epoch = state.step // steps_per_epoch
+        order = input_pipeline.epoch_permutation(split.seed, epoch, split.num_examples)
+
+        def one_step(state, _):
+            start = (state.step % steps_per_epoch) * split.batch_size
+            index = jax.lax.dynamic_slice(order, (start,), (split.batch_size,))
+            images, labels = gather(split_images, split_labels, index)
+            return global_step(state, images, labels, base_key)
+
+        return _fused(one_step, state, None, steps_per_call, unroll)
+
+    return jax.jit(run_on_split, donate_argnums=0)
 
 
 def make_eval_fn(

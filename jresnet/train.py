@@ -1,8 +1,9 @@
 """The training loop: epochs of fused steps, then eval, metrics and a checkpoint per epoch.
 
-`train_and_evaluate` sets a run up (model, optimizer, the state to start from), then calls
-`train_epoch` and `end_epoch` for each epoch. The step functions are in `jresnet.steps`;
-checkpoints in `jresnet.checkpoint`; what the user sees in `jresnet.reporting`.
+`train_and_evaluate` sets a run up (model, optimizer, the state to start from, the training
+split on the device(s)), then calls `train_epoch` and `end_epoch` for each epoch. The step
+functions are in `jresnet.steps`; checkpoints in `jresnet.checkpoint`; what the user sees in
+`jresnet.reporting`.
 
 One difference from the seed, by design: the last partial batch of each (shuffled) epoch is
 dropped, so every step has the same shape (390 steps per epoch on 50,000 images at batch
@@ -21,7 +22,7 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,8 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from jresnet import (
     checkpoint,
@@ -121,6 +121,8 @@ class Run:
     workdir: str
     data: input_pipeline.Splits
     mesh: Mesh
+    train_images: jax.Array  # the training split on the device(s): `parallel.shard_rows`
+    train_labels: jax.Array
     model: models.ResNet
     tx: Any
     learning_rate_fn: Callable[[Any], Any]
@@ -152,15 +154,16 @@ class Run:
             augment=self.recipe.augment,
             mesh=self.mesh,
             steps_per_call=steps_per_call,
+            split=steps.DeviceSplit(
+                self.recipe.seed, len(self.data.train_labels), self.recipe.batch_size
+            ),
         )
-        batch = (steps_per_call, self.recipe.batch_size)
-        sharding = NamedSharding(self.mesh, P(None, parallel.BATCH_AXIS))
         self.train_fns[steps_per_call] = jitted.lower(
             jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
             ),
-            jax.ShapeDtypeStruct((*batch, 32, 32, 3), jnp.uint8, sharding=sharding),
-            jax.ShapeDtypeStruct(batch, jnp.int32, sharding=sharding),
+            self.train_images,
+            self.train_labels,
             self.train_key,
         ).compile()
         return time.time() - start
@@ -266,13 +269,6 @@ class StopRequest:
         return stop
 
 
-def _device_batch(run: Run, batches: Iterator[Any], size: int) -> tuple[jax.Array, jax.Array]:
-    """The next ``size`` batches, stacked ``[size, B, ...]`` and placed on the mesh."""
-    chunk = list(itertools.islice(batches, size))
-    stacked = [np.stack(arrays) for arrays in zip(*chunk, strict=True)]
-    return parallel.global_batch(stacked, run.mesh, batch_axis=1)
-
-
 def _host_means(sums: dict[str, Any], count: int) -> dict[str, float]:
     return {k: float(parallel.to_host(jnp.asarray(v))) / max(count, 1) for k, v in sums.items()}
 
@@ -298,32 +294,27 @@ def train_epoch(
     """Trains the rest of ``epoch`` from step ``progress.done`` on; updates ``progress``.
 
     Returns early (with ``progress.done < steps_per_epoch``) when ``stop`` is requested.
-    One call is in flight at a time: the host stacks the next call's batches while the
-    device runs the current one, then waits for it to finish before it checks for a stop
-    request and dispatches the next. (Dispatching without waiting would let the loop run
-    ahead of the device: a signal that arrives while the device works through queued
-    calls would be seen only after all of them, e.g. at the end of the epoch.)
+    The batches come from the split on the device (`steps.make_train_fn` with a
+    `steps.DeviceSplit`: the epoch and the step inside it follow from ``state.step``); the
+    host only dispatches the calls.
+    One call is in flight at a time: the host waits for each call to finish before it checks
+    for a stop request and dispatches the next. (Dispatching without waiting would let the
+    loop run ahead of the device: a signal that arrives while the device works through
+    queued calls would be seen only after all of them, e.g. at the end of the epoch.)
     """
     recipe = run.recipe
-    batches = input_pipeline.train_batches(
-        run.data.train_images, run.data.train_labels, recipe.batch_size, recipe.seed, epoch
-    )
-    batches = itertools.islice(batches, progress.done, None)
     sums = {k: jnp.asarray(v) for k, v in progress.sums.items()}
     finite = jnp.asarray(True)
     lr = None
     start = time.time()
-    calls = run.calls_from(progress.done)
-    next_batch = _device_batch(run, batches, calls[0]) if calls else None
-    for index, size in enumerate(calls):
-        images, labels = next_batch
+    for size in run.calls_from(progress.done):
         if size not in run.train_fns:  # only after steps_per_call changed on resume
             seconds = run.compile(state, size)
             progress.compile_seconds += seconds
             reporting.info(f"compiled {size} train step(s) per call in {seconds:.1f}s")
-        state, metrics = run.train_fns[size](state, images, labels, run.train_key)
-        if index + 1 < len(calls):  # host work while the device runs the call
-            next_batch = _device_batch(run, batches, calls[index + 1])
+        state, metrics = run.train_fns[size](
+            state, run.train_images, run.train_labels, run.train_key
+        )
         jax.block_until_ready((state, metrics))  # the call is done: a signal is seen now
         lr = metrics.pop("learning_rate")[-1]
         finite = jnp.logical_and(finite, metrics.pop("finite").all())
@@ -606,6 +597,8 @@ def _setup(
         workdir=workdir,
         data=data,
         mesh=mesh,
+        train_images=parallel.shard_rows(data.train_images, mesh),
+        train_labels=parallel.shard_rows(data.train_labels.astype(np.int32), mesh),
         model=model,
         tx=steps.create_optimizer(config, learning_rate_fn),
         learning_rate_fn=learning_rate_fn,

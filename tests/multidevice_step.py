@@ -3,6 +3,8 @@
 Takes one training step on the same global batch (augmentation on) three
 ways: the jit + shard_map driver on 1 device, the same driver on 2 devices,
 and `train_step` under `jax.pmap` on 2 devices (after the same augmentation).
+Then two steps of the driver training uses (`steps.make_train_fn` with a `steps.DeviceSplit`), its
+batches gathered from a split of odd size on the device(s), on 1 and on 2 devices.
 Prints one JSON object: the largest absolute differences between them.
 """
 
@@ -37,7 +39,7 @@ def main() -> None:
     labels = rng.integers(0, 10, 16).astype(np.int32)
     key = jax.random.key(1)
 
-    results = {}
+    results, split_results = {}, {}
     for n in (1, 2):
         args = driver_setup.resnet8(steps_per_epoch=10, devices=jax.devices()[:n])
         mesh = args["mesh"]
@@ -48,6 +50,16 @@ def main() -> None:
         state, metrics = step(state, *batch, key)
         metrics = jax.tree.map(lambda m: m[0], metrics)
         results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
+
+        # 15 rows: the second device's block ends in a padding row; 2 steps of 6, 3 dropped.
+        split_step = steps.make_train_fn(
+            **args, steps_per_call=2, split=steps.DeviceSplit(seed=3, num_examples=15, batch_size=6)
+        )
+        split = parallel.shard_rows(images[:15], mesh), parallel.shard_rows(labels[:15], mesh)
+        state, metrics = split_step(
+            parallel.replicate(jax.tree.map(jnp.copy, init), mesh), *split, key
+        )
+        split_results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
 
     model, tx, lr_fn = args["model"], args["tx"], args["learning_rate_fn"]
     mean, std = args["mean"], args["std"]
@@ -79,6 +91,10 @@ def main() -> None:
                 "loss_2_vs_1": abs(float(results[2][1]["loss"]) - float(results[1][1]["loss"])),
                 "pmap_loss_vs_1": abs(float(pmetrics["loss"][0]) - float(results[1][1]["loss"])),
                 "params_changed_by": changed,
+                "split_2_vs_1": max_abs_diff(split_results[2][0], split_results[1][0]),
+                "split_loss_2_vs_1": max_abs_diff(
+                    split_results[2][1]["loss"], split_results[1][1]["loss"]
+                ),
             }
         )
     )

@@ -230,6 +230,9 @@ def test_epoch_permutation():
     np.testing.assert_array_equal(first, ip.epoch_permutation(0, 0, 1000))
     assert not np.array_equal(first, ip.epoch_permutation(0, 1, 1000))
     assert not np.array_equal(first, ip.epoch_permutation(1, 0, 1000))
+    # Inside jit (the training driver), with the epoch traced: the same order.
+    traced = jax.jit(ip.epoch_permutation, static_argnums=(0, 2))(0, np.int32(1), 1000)
+    np.testing.assert_array_equal(traced, ip.epoch_permutation(0, 1, 1000))
 
 
 def test_steps_per_epoch():

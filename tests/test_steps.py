@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jresnet import models, parallel, steps
+from jresnet import input_pipeline, models, parallel, steps
 from jresnet.configs import default
 from jresnet.testing import driver_setup
 
@@ -254,6 +254,52 @@ def test_several_steps_per_call_equal_single_steps():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_the_split_driver_takes_the_batches_train_batches_makes():
+    """The driver that reads the split on the device gathers, from ``state.step``, the
+    batches `input_pipeline.train_batches` makes on the host: across an epoch boundary, one
+    or several steps per call, it trains like the driver fed with those batches."""
+    n, batch_size, seed = 26, 8, 5  # 3 steps per epoch, 2 examples dropped each epoch
+    args = driver_setup.resnet8(steps_per_epoch=3, devices=jax.devices()[:1])
+    mesh = args["mesh"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    key = jax.random.key(3)
+
+    fed = steps.make_train_fn(**args)
+    state = _fresh_state(args)
+    fed_losses = []
+    for epoch in range(2):
+        for batch in input_pipeline.train_batches(images, labels, batch_size, seed, epoch):
+            batch = parallel.global_batch([x[None] for x in batch], mesh, batch_axis=1)
+            state, metrics = fed(state, *batch, key)
+            fed_losses.append(float(metrics["loss"][0]))
+
+    def split_run(calls):  # calls: steps per call, in order (within epochs of 3 steps)
+        device_split = steps.DeviceSplit(seed, n, batch_size)
+        drivers = {
+            size: steps.make_train_fn(**args, steps_per_call=size, split=device_split)
+            for size in set(calls)
+        }
+        split = parallel.shard_rows(images, mesh), parallel.shard_rows(labels, mesh)
+        split_state = _fresh_state(args)
+        losses = []
+        for size in calls:
+            split_state, metrics = drivers[size](split_state, *split, key)
+            losses.extend(np.asarray(metrics["loss"]).tolist())
+        return split_state, losses
+
+    for calls in ([1] * 6, [2, 1, 1, 2]):  # [1, 2] per epoch: resumes mid-epoch
+        split_state, losses = split_run(calls)
+        assert int(split_state.step) == 6
+        np.testing.assert_allclose(losses, fed_losses, rtol=1e-5)
+        for a, b in zip(
+            jax.tree.leaves(split_state.params), jax.tree.leaves(state.params), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _rolled_scan_of_a_convolution() -> str:
     def f(x, w):
         step = lambda c, _: (jax.lax.conv(c, w, (1, 1), "SAME"), None)
@@ -272,11 +318,19 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     )  # detector works
     args = driver_setup.resnet8(steps_per_epoch=2, devices=jax.devices()[:1])
     fn = steps.make_train_fn(**args, steps_per_call=steps_per_call)
+    split_fn = steps.make_train_fn(
+        **args, steps_per_call=steps_per_call, split=steps.DeviceSplit(0, 40, 8)
+    )
     state = jax.eval_shape(
         lambda: steps.create_train_state(jax.random.key(0), args["model"], args["tx"])
     )
     images = jax.ShapeDtypeStruct((steps_per_call, 8, 32, 32, 3), jnp.uint8)
     labels = jax.ShapeDtypeStruct((steps_per_call, 8), jnp.int32)
-    hlo = fn.lower(state, images, labels, jax.random.key(1)).as_text()
-    assert stablehlo_loops.convolutions_in_while_loops(hlo) == 0
-    assert hlo.count("stablehlo.convolution") >= steps_per_call * 7  # forward convs, each step
+    split_images = jax.ShapeDtypeStruct((40, 32, 32, 3), jnp.uint8)
+    split_labels = jax.ShapeDtypeStruct((40,), jnp.int32)
+    for hlo in (
+        fn.lower(state, images, labels, jax.random.key(1)).as_text(),
+        split_fn.lower(state, split_images, split_labels, jax.random.key(1)).as_text(),
+    ):
+        assert stablehlo_loops.convolutions_in_while_loops(hlo) == 0
+        assert hlo.count("stablehlo.convolution") >= steps_per_call * 7  # forward convs, each step

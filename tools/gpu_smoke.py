@@ -1,10 +1,11 @@
 """Smoke test for a GPU session: jresnet imports, and a few fused train steps run on the GPU.
 
 Usage: ``python tools/gpu_smoke.py [--allow-cpu]``. Runs two calls of 2 fused steps of
-ResNet-8 at batch 16, in float32 and in bfloat16, and fails (exit 1) unless JAX's default
-backend is the GPU (``--allow-cpu`` lifts that, to try the script on a CPU), the losses are
-finite and the parameters, BatchNorm statistics and optimizer state stay float32
-(the step counters are int32).
+ResNet-8 at batch 16 with the driver training uses (batches gathered from the split on the
+device), in float32 and in bfloat16, and fails (exit 1) unless JAX's default backend is the
+GPU (``--allow-cpu`` lifts that, to try the script on a CPU), the losses are finite and the
+parameters, BatchNorm statistics and optimizer state stay float32 (the step counters are
+int32).
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from jresnet.testing import driver_setup
 
 
 def fused_losses(dtype: str) -> list[float]:
-    """Losses of 2 calls of 2 fused steps of ResNet-8 in ``dtype`` on random data."""
-    args = driver_setup.resnet8(steps_per_epoch=10, dtype=dtype)
+    """Losses of 2 calls of 2 fused steps of ResNet-8 in ``dtype``, with the driver training
+    uses (`steps.make_train_fn` with a `steps.DeviceSplit`: batches gathered from a split on
+    the device), on a random split of 64 images (one epoch of 4 steps of 16)."""
+    args = driver_setup.resnet8(steps_per_epoch=4, dtype=dtype)
     model, tx, mesh = args["model"], args["tx"], args["mesh"]
-    step = steps.make_train_fn(**args, steps_per_call=2)
+    split = steps.DeviceSplit(seed=0, num_examples=64, batch_size=16)
+    step = steps.make_train_fn(**args, steps_per_call=2, split=split)
     state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
+    images = parallel.shard_rows(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), mesh)
+    labels = parallel.shard_rows(rng.integers(0, 10, 64).astype(np.int32), mesh)
     losses = []
     for _ in range(2):
-        batch = (
-            rng.integers(0, 256, (2, 16, 32, 32, 3), dtype=np.uint8),
-            rng.integers(0, 10, (2, 16)).astype(np.int32),
-        )
-        images, labels = parallel.global_batch(batch, mesh, batch_axis=1)
         state, metrics = step(state, images, labels, jax.random.key(1))
         losses += [float(x) for x in np.asarray(metrics["loss"])]
     leaves = jax.tree.leaves((state.params, state.opt_state, state.batch_stats))

@@ -1,7 +1,7 @@
 """The setup the checks of the fused training drivers share (the tests, ``tools/gpu_smoke.py``).
 
-`resnet8` gives the keyword arguments that `jresnet.steps.make_train_fn` and
-`jresnet.steps.make_split_train_fn` both take, for a small network with the seed's recipe.
+`resnet8` gives the keyword arguments of `jresnet.steps.make_train_fn` that do not depend on
+where the batches come from, for a small network with the seed's recipe.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def resnet8(
     dtype: str = "float32",
     devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, Any]:
-    """``model``, ``tx``, ``learning_rate_fn``, ``mean``, ``std``, ``augment``, ``mesh``.
+    """`steps.make_train_fn`'s ``model``, ``tx``, ``learning_rate_fn``, ``mean``, ``std``,
+    ``augment`` and ``mesh``.
 
     ResNet-8 computing in ``dtype``; the default config's optimizer and learning-rate
     schedule (`steps.create_optimizer`, `steps.create_learning_rate_fn`) over epochs of
