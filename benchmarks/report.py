@@ -5,8 +5,10 @@
 `benchmarks.gpu.gpu_info`), ``versions``, ``data``, ``ynn_usable``, ``shipped_flags``,
 ``sizes`` (`benchmarks.configs.Sizes` as a dict), ``worker_commands`` (name ->
 ``[environment, command]``) and ``runs`` (configuration name -> one result dict per
-round: a worker's JSON, ``{"error": ...}`` or ``{"skipped": reason}``). Nothing in it
-names a path of the machine it ran on.
+round: a worker's JSON, ``{"error": ...}`` or ``{"skipped": reason}``); a run with
+``--baseline-tree`` also ``commits`` (``this`` and ``baseline``: each tree's
+``git describe --always --dirty``) and ``baseline_runs`` (as ``runs``, from the baseline
+tree's workers). Nothing in it names a path of the machine it ran on.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from jresnet.xla_setup import YNN_FUSION_FLAG
 Runs = dict[str, list[dict[str, Any]]]
 Stats = dict[str, dict[str, Any]]
 
+# The number a worker's result is shown by, in order of precedence, and its unit.
+HEADLINES = {"total_ms": "ms", "img_s": "img/s", "gflops": "GFLOP/s", "copy_gb_s": "GB/s"}
+
 
 def summarize(runs: Runs, key: str) -> Stats:
     """Median, min and max of ``key`` over each configuration's successful runs."""
@@ -52,6 +57,11 @@ def summarize(runs: Runs, key: str) -> Stats:
                 "max": max(values),
             }
     return out
+
+
+def headline(result: dict[str, Any]) -> str | None:
+    """The key of the number ``result`` is shown by (`HEADLINES`); None if it has none."""
+    return next((key for key in HEADLINES if key in result), None)
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -88,7 +98,8 @@ def render_report(report: dict[str, Any]) -> str:
     """The report (``.md``) from the collected runs."""
     runs, sizes = report["runs"], report["sizes"]
     peaks = peaks_gflops(report)
-    lines = render_header(report) + render_machine(report) + render_matmul(runs, sizes)
+    lines = render_header(report) + render_machine(report) + render_baseline(report)
+    lines += render_matmul(runs, sizes)
     for measure in ("step", "e2e", "eval"):
         lines += render_throughput(measure, runs, sizes, peaks)
     lines += render_per_step(report) + render_compile_times(runs, sizes) + render_rss(runs)
@@ -96,7 +107,8 @@ def render_report(report: dict[str, Any]) -> str:
     if diag:
         lines += render_diag(diag)
     lines += render_convs(runs, summarize(runs, "img_s"))
-    lines += render_commands(report) + render_failures(runs)
+    baseline = {f"{n} (baseline)": r for n, r in report.get("baseline_runs", {}).items()}
+    lines += render_commands(report) + render_failures({**runs, **baseline})
     return "\n".join(lines)
 
 
@@ -156,6 +168,50 @@ def render_gpu(report: dict[str, Any]) -> list[str]:
             f"- Memory bandwidth measured ({CONFIG_BY_NAME[name].label}): {fmt(s['median'])} GB/s"
         )
     return lines
+
+
+def render_baseline(report: dict[str, Any]) -> list[str]:
+    """Against the baseline tree (``--baseline-tree``): each configuration's rows from this
+    checkout and from the baseline, and the ratio of their medians."""
+    if "baseline_runs" not in report:
+        return []
+    commits = report["commits"]
+    lines = [
+        f"## This checkout ({commits['this']}) against the baseline tree ({commits['baseline']})",
+        "",
+        "Each configuration's worker ran from this checkout, then from the baseline tree "
+        "(`--baseline-tree`: its `benchmarks` and `jresnet`, on the data this checkout "
+        "prepared), interleaved A A' B B' ... over rounds. Medians over rounds, min-max "
+        "beside them; the ratio is this checkout's median over the baseline's (for ms, "
+        "lower is faster).",
+        "",
+        "| config | commit | median | min-max | unit | this / baseline |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    runs, baseline_runs = report["runs"], report["baseline_runs"]
+    for cfg in CONFIGS:
+        if cfg.name not in runs:
+            continue
+        results = runs[cfg.name] + baseline_runs.get(cfg.name, [])
+        key = next((headline(r) for r in results if headline(r)), None)
+        this, base = (
+            summarize(tree_runs, key).get(cfg.name) if key else None
+            for tree_runs in (runs, baseline_runs)
+        )
+        shown_ratio = ratio(this and this["median"], base and base["median"])
+        for commit, stats, cell in (
+            (commits["this"], this, shown_ratio),
+            (commits["baseline"], base, ""),
+        ):
+            median, spread = "not measured", ""
+            if stats is not None:
+                median = fmt(stats["median"], 1)
+                spread = f"{fmt(stats['min'], 1)}-{fmt(stats['max'], 1)}"
+            lines.append(
+                f"| {label(cfg, report['sizes'])} | {commit} | {median} | {spread} "
+                f"| {HEADLINES.get(key, '')} | {cell} |"
+            )
+    return [*lines, ""]
 
 
 def render_matmul(runs: Runs, sizes: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.run --data-dir DIR [--profile cpu|gpu] [--dry-run] [--rounds N]
                              [--output PATH] [--only NAMES] [--budget-s S]
+                             [--baseline-tree DIR]
     python -m benchmarks.run --render RESULTS.json [--output PATH]
 
 ``--data-dir`` is a TFDS data dir holding ``cifar10`` (``python -m jresnet.prepare_data``
@@ -30,6 +31,14 @@ thread settings, the GPU's memory and the peak RSS belong to it alone), interlea
 ``A B C ... A B C ...`` over ``--rounds`` rounds; tables show the median over rounds, the
 min-max, and ratios of medians (`benchmarks.report`).
 
+``--baseline-tree DIR`` (a checkout of another commit, e.g. made with ``git worktree add
+--detach DIR COMMIT``) measures a change against that commit in the same run: each
+configuration's worker runs from this checkout, then from DIR (its working directory and
+``PYTHONPATH``, so DIR's ``benchmarks`` and ``jresnet``), interleaved ``A A' B B' ...``;
+both use the data this checkout prepared. The report adds a section with both rows,
+labelled with each tree's short commit (``git describe --always --dirty``), and the ratio
+of their medians. It is written only to ``--output``, never into benchmarks/.
+
 A full run writes ``benchmarks/RESULTS.md`` (cpu) or ``benchmarks/GPU_RESULTS.md`` (gpu)
 and the ``.json`` beside it, which is rewritten after every worker (a run cut short keeps
 what it measured); ``--render`` writes the ``.md`` again from a ``.json``. ``--dry-run``
@@ -55,6 +64,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jresnet import errors
+from jresnet.results import code_version
 from jresnet.xla_setup import KNOWN_JAXLIB_PREFIXES, YNN_FUSION_FLAG
 
 try:
@@ -86,11 +96,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--only", help="comma-separated config names (for development)")
     parser.add_argument("--budget-s", type=float, help="no worker starts or runs past it")
     parser.add_argument("--render", help="only write the report of this results .json")
+    parser.add_argument(
+        "--baseline-tree", help="a checkout of another commit: each worker runs from it too"
+    )
     args = parser.parse_args(argv)
     if args.render:
         return args, []
     if not args.data_dir:
         parser.error("--data-dir is required: a TFDS data dir holding cifar10")
+    if args.baseline_tree:
+        args.baseline_tree = os.path.abspath(args.baseline_tree)
+        if not os.path.isfile(os.path.join(args.baseline_tree, "benchmarks", "workers.py")):
+            parser.error(
+                f"--baseline-tree {args.baseline_tree} holds no benchmarks/workers.py: give "
+                "a checkout of jresnet, e.g. made with git worktree add --detach DIR COMMIT"
+            )
     default_rounds = 1 if args.dry_run or args.profile == "gpu" else 3
     args.rounds = args.rounds or default_rounds
     configs = profile_configs(args.profile)
@@ -114,10 +134,12 @@ def ynn_flag_usable(jaxlib_version: str) -> bool:
     return result.returncode == 0
 
 
-def worker_env(cfg: Config | None) -> dict[str, str]:
+def worker_env(cfg: Config | None, tree: str | None = None) -> dict[str, str]:
     """A worker's environment: XLA_FLAGS only for "ynn" configurations; the cpu profile's
-    JAX on the CPU."""
+    JAX on the CPU; ``PYTHONPATH`` the baseline ``tree`` for its workers."""
     env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = tree
     env.pop("XLA_FLAGS", None)
     env.pop("JRESNET_XLA_CPU_FLAGS", None)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -135,7 +157,12 @@ def worker_args(name: str, dry_run: bool, data: str, result: str) -> list[str]:
 
 def shown_command(argv: Sequence[str]) -> str:
     """``python -m benchmarks.run ARGS`` with path-valued options shown as placeholders."""
-    placeholders = {"--data-dir": "DATA_DIR", "--output": "OUTPUT", "--render": "RESULTS"}
+    placeholders = {
+        "--data-dir": "DATA_DIR",
+        "--output": "OUTPUT",
+        "--render": "RESULTS",
+        "--baseline-tree": "BASELINE_TREE",
+    }
     shown: list[str] = []
     hide: str | None = None
     for arg in argv:
@@ -151,6 +178,12 @@ def shown_command(argv: Sequence[str]) -> str:
             hide = placeholders[option]
         shown.append(arg)
     return shlex.join(["python", "-m", "benchmarks.run", *shown])
+
+
+def tree_commit(tree: str) -> str:
+    """The checkout ``tree``'s short commit, ``-dirty`` where tracked files changed
+    (`jresnet.results.code_version` of its jresnet); "unknown" where git can't say."""
+    return code_version(os.path.join(tree, "jresnet"), abbrev=7) or "unknown"
 
 
 def scrub_paths(text: str, paths: dict[str, str]) -> str:
@@ -170,7 +203,9 @@ class Session:
       log: progress messages (stderr).
       placeholders: machine path -> placeholder, applied to worker errors.
       deadline: ``time.time()`` after which no worker starts or runs (``--budget-s``).
-      worker_commands: configuration name -> (environment, command) as shown in the report.
+      worker_commands: configuration name -> (environment, command) as shown in the report
+        (a baseline worker's under ``"NAME (baseline)"``).
+      baseline_tree: the ``--baseline-tree`` checkout, or None.
     """
 
     dry_run: bool
@@ -179,13 +214,18 @@ class Session:
     placeholders: dict[str, str]
     deadline: float = float("inf")
     worker_commands: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    baseline_tree: str | None = None
 
-    def spawn(self, name: str, cfg: Config | None, extra: Sequence[str] = ()) -> dict[str, Any]:
-        """Runs one worker; returns its result (or the error), wall time and background load."""
+    def spawn(
+        self, name: str, cfg: Config | None, extra: Sequence[str] = (), baseline: bool = False
+    ) -> dict[str, Any]:
+        """Runs one worker (from the baseline tree if ``baseline``); returns its result (or
+        the error), wall time and background load."""
         left = self.deadline - time.time()
         if left <= 0:
             return {"skipped": "out of time (--budget-s)"}
-        result_path = os.path.join(self.tmp, f"{name}.json")
+        tree = self.baseline_tree if baseline else None
+        result_path = os.path.join(self.tmp, f"{name}{'-baseline' * baseline}.json")
         if os.path.exists(result_path):
             os.remove(result_path)
         args = worker_args(name, self.dry_run, self.tmp, result_path) + list(extra)
@@ -194,8 +234,8 @@ class Session:
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "benchmarks.workers", *args],
-                cwd=ROOT,
-                env=worker_env(cfg),
+                cwd=tree or ROOT,
+                env=worker_env(cfg, tree),
                 capture_output=True,
                 text=True,
                 timeout=min(WORKER_TIMEOUT_S, left),
@@ -214,12 +254,16 @@ class Session:
         result["other_load"] = max(other, 0.0) / wall
         return result
 
-    def record_command(self, name: str, cfg: Config | None, extra: Sequence[str] = ()) -> None:
+    def record_command(
+        self, name: str, cfg: Config | None, extra: Sequence[str] = (), baseline: bool = False
+    ) -> None:
         """Notes a worker's command line for the report, paths as placeholders."""
         env = f"XLA_FLAGS={shlex.quote(YNN_FUSION_FLAG)} " if cfg and cfg.xla == "ynn" else ""
+        if baseline:
+            env = f"cd BASELINE_TREE && PYTHONPATH=BASELINE_TREE {env}"
         args = worker_args(name, self.dry_run, "DATA", "OUT.json") + list(extra)
         command = shlex.join(["python", "-m", "benchmarks.workers", *args])
-        self.worker_commands[name] = (env, command)
+        self.worker_commands[f"{name} (baseline)" if baseline else name] = (env, command)
 
 
 def prepare_data(session: Session, data_dir: str) -> dict[str, Any]:
@@ -245,8 +289,7 @@ def log_result(session: Session, progress: str, cfg: Config, result: dict[str, A
     elif result.get("skipped"):
         session.log(f"{progress} {cfg.name}: not measured: {result['skipped']}")
     else:
-        shown = result.get("img_s", result.get("gflops", result.get("copy_gb_s")))
-        shown = result.get("total_ms", shown)
+        shown = result.get(report.headline(result))
         session.log(
             f"{progress} {cfg.name}: {report.fmt(shown, 1)} ({result['wall_s']:.1f} s, "
             f"background load {result.get('other_load', 0.0):.2f} cores)"
@@ -254,32 +297,44 @@ def log_result(session: Session, progress: str, cfg: Config, result: dict[str, A
 
 
 def run_rounds(
-    session: Session, configs: list[Config], rounds: int, runs: report.Runs, save: Callable
+    session: Session,
+    configs: list[Config],
+    rounds: int,
+    runs: report.Runs,
+    save: Callable,
+    baseline_runs: report.Runs | None = None,
 ) -> None:
-    """Every configuration once per round, interleaved, into ``runs``; "once" ones (and
-    rolled) in round 1 only. ``save`` runs after each worker."""
+    """Every configuration once per round, interleaved, into ``runs``; with
+    ``baseline_runs``, each right after it from the baseline tree too, into those. "Once"
+    ones (and rolled) in round 1 only. ``save`` runs after each worker."""
     measure_once = {c.name for c in configs if c.once}
+    trees = [(False, runs)] + ([(True, baseline_runs)] if baseline_runs is not None else [])
     for r in range(rounds):
         for cfg in configs:
             if cfg.name in measure_once and r > 0:
                 continue
-            result = session.spawn(cfg.name, cfg)
-            session.record_command(cfg.name, cfg)
-            runs[cfg.name].append(result)
-            if result.get("rolled_while_loop") and cfg.name not in measure_once:
+            for baseline, tree_runs in trees:
+                result = session.spawn(cfg.name, cfg, baseline=baseline)
+                session.record_command(cfg.name, cfg, baseline=baseline)
+                tree_runs[cfg.name].append(result)
+                if "ms" in result:
+                    result["total_ms"] = conv_totals(result["ms"])["all"]
+                progress = f"round {r + 1}/{rounds}{' baseline' * baseline}"
+                log_result(session, progress, cfg, result)
+                save()
+            if runs[cfg.name][-1].get("rolled_while_loop") and cfg.name not in measure_once:
                 measure_once.add(cfg.name)
                 session.log(f"{cfg.name}: rolled XLA while loop (very slow), so measured once")
-            if "ms" in result:
-                result["total_ms"] = conv_totals(result["ms"])["all"]
-            log_result(session, f"round {r + 1}/{rounds}", cfg, result)
-            save()
 
 
 def output_path(args: argparse.Namespace) -> str | None:
-    """Where the report goes: ``--output``; else benchmarks/ (a dry run: nowhere)."""
+    """Where the report goes: ``--output``; else benchmarks/ (a dry run or one against a
+    baseline tree: nowhere)."""
     if args.output or args.render:
         return args.output or os.path.splitext(args.render)[0] + ".md"
-    return None if args.dry_run else os.path.join(BENCH_DIR, DEFAULT_OUTPUT[args.profile])
+    if args.dry_run or args.baseline_tree:
+        return None
+    return os.path.join(BENCH_DIR, DEFAULT_OUTPUT[args.profile])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -319,10 +374,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ynn_usable": ynn_usable,
         "sizes": dataclasses.asdict(SIZES[args.profile, args.dry_run]),
     }
+    if args.baseline_tree:
+        results["commits"] = {
+            "this": tree_commit(ROOT),
+            "baseline": tree_commit(args.baseline_tree),
+        }
+        results["baseline_runs"] = {c.name: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="jresnet-bench-") as tmp:
         placeholders = {tmp: "TMP", data_dir: "DATA_DIR", ROOT: ".", sys.prefix: "VENV"}
+        if args.baseline_tree:
+            placeholders[args.baseline_tree] = "BASELINE_TREE"
         deadline = time.time() + (args.budget_s or float("inf"))
-        session = Session(args.dry_run, tmp, log, placeholders, deadline)
+        session = Session(
+            args.dry_run, tmp, log, placeholders, deadline, baseline_tree=args.baseline_tree
+        )
         results["data"] = bench_data.describe(prepare_data(session, data_dir))
         log(f"data: {results['data']}")
         results["worker_commands"] = session.worker_commands
@@ -333,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if output:
                 report.write_json(results, output, BENCH_DIR)
 
-        run_rounds(session, configs, args.rounds, results["runs"], save)
+        run_rounds(
+            session, configs, args.rounds, results["runs"], save, results.get("baseline_runs")
+        )
     shipped = [r for c in configs if c.xla == "shipped" for r in results["runs"][c.name]]
     results["shipped_flags"] = next((r["xla_flags"] for r in shipped if "xla_flags" in r), "")
     save()

@@ -42,13 +42,14 @@ ACCURACY_UNIT = "fraction"
 TEST_KEYS = ("dataset", "data_dir", "eval_split", "test_split")
 
 
-def code_version() -> str | None:
-    """``git describe --always --dirty --abbrev=40`` of the git checkout jresnet runs from.
+def code_version(package: str | None = None, abbrev: int = 40) -> str | None:
+    """``git describe --always --dirty --abbrev=ABBREV`` of the git checkout that holds the
+    jresnet package folder ``package`` (default: the one running).
 
     None when jresnet's files are not tracked by git there (an installed package) or git is
     missing.
     """
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = package or os.path.dirname(os.path.abspath(__file__))
     try:
         subprocess.run(
             ["git", "ls-files", "--error-unmatch", "__init__.py"],
@@ -58,7 +59,7 @@ def code_version() -> str | None:
             timeout=30,
         )
         describe = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            ["git", "describe", "--always", "--dirty", f"--abbrev={abbrev}"],
             cwd=package,
             capture_output=True,
             text=True,

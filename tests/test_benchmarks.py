@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -185,9 +186,69 @@ def test_dry_run_writes_only_to_output_and_names_no_machine_path(data_dir, tmp_p
     assert results["runs"]["matmul-numpy"][0]["gflops"] > 0
     assert "python -m benchmarks.workers --worker prepare --result OUT.json --data DATA" in text
     assert "--data-dir DATA_DIR --output OUTPUT" in text
-    for written in (text, json.dumps(results)):
-        for path in (data_dir, str(tmp_path), ROOT, sys.prefix, sys.executable):
-            assert path not in written
+    _assert_no_machine_path([text, json.dumps(results)], [data_dir, str(tmp_path)])
+    _assert_unchanged(committed)
+
+
+def _assert_no_machine_path(written: list[str], paths: list[str]) -> None:
+    for text in written:
+        for path in (*paths, ROOT, sys.prefix, sys.executable):
+            assert path not in text
+
+
+def _git(tree, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=tree, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_dry_run_against_a_baseline_tree_runs_each_worker_from_both(data_dir, tmp_path):
+    """--baseline-tree: each configuration's worker runs from this checkout and from the
+    baseline (here a commit of a copy whose worker marks its results), and the report
+    shows both rows, labelled by commit, with the ratio of their medians."""
+    base = tmp_path / "base"
+    ignore = shutil.ignore_patterns("__pycache__")
+    for package in ("benchmarks", "jresnet"):
+        shutil.copytree(os.path.join(ROOT, package), base / package, ignore=ignore)
+    workers = base / "benchmarks" / "workers.py"
+    marked = workers.read_text().replace(
+        "result.update(peak_rss_mb())", "result.update(peak_rss_mb(), from_baseline=True)"
+    )
+    assert marked != workers.read_text()
+    workers.write_text(marked)
+    _git(base, "init", "-q")
+    _git(base, "add", ".")
+    _git(base, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    output = tmp_path / "out" / "RESULTS.md"
+    output.parent.mkdir()
+    committed = _committed_results()
+    _benchmark(
+        "--only",
+        "matmul-numpy",
+        "--data-dir",
+        data_dir,
+        "--baseline-tree",
+        str(base),
+        "--output",
+        str(output),
+        timeout=300,
+    )
+    text = output.read_text()
+    results = json.loads(output.with_suffix(".json").read_text())
+    describe = ("describe", "--always", "--dirty", "--abbrev=7")
+    this, baseline = (_git(tree, *describe) for tree in (ROOT, base))
+    assert results["commits"] == {"this": this, "baseline": baseline}
+    (own,) = results["runs"]["matmul-numpy"]
+    (other,) = results["baseline_runs"]["matmul-numpy"]
+    assert "from_baseline" not in own and other["from_baseline"] is True
+    assert f"## This checkout ({this}) against the baseline tree ({baseline})" in text
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()]
+    this_row, baseline_row = [row for row in cells if len(row) == 6 and row[0] == "numpy"]
+    assert (this_row[1], baseline_row[1]) == (this, baseline)
+    assert float(this_row[5]) == pytest.approx(own["gflops"] / other["gflops"], abs=0.01)
+    assert "cd BASELINE_TREE && PYTHONPATH=BASELINE_TREE python -m benchmarks.workers" in text
+    assert "--baseline-tree BASELINE_TREE" in text
+    _assert_no_machine_path([text, json.dumps(results)], [data_dir, str(tmp_path)])
     _assert_unchanged(committed)
 
 
