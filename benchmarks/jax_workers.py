@@ -290,7 +290,9 @@ def _diag_host_pieces(setup: JaxSetup, images: np.ndarray, labels: np.ndarray) -
     def us(fn: Callable[[], Any]) -> float:
         return timing.per_call_us(fn, jax.block_until_ready, reps=200)
 
-    idx = np.asarray(input_pipeline.epoch_permutation(0, 0, len(images)))[:BATCH]
+    idx = np.asarray(
+        input_pipeline.epoch_permutation(input_pipeline.data_order_key(0), 0, len(images))
+    )[:BATCH]
     chunk = [(images[idx], labels[idx])]
     out = {
         "host_gather_us": us(lambda: (images[idx], labels[idx])),

@@ -305,17 +305,23 @@ def augment(
 DATA_ORDER_STREAM = 0xDA7A
 
 
-def epoch_permutation(seed: int, epoch: int | jax.Array, n: int) -> jax.Array:
+def data_order_key(seed: int) -> jax.Array:
+    """The run's key of its training order: ``fold_in(key(seed), DATA_ORDER_STREAM)``.
+    ``seed`` must be non-negative."""
+    return jax.random.fold_in(jax.random.key(seed), DATA_ORDER_STREAM)
+
+
+def epoch_permutation(order_key: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
     """The order of the ``n`` training examples in ``epoch``: int32 ``[n]``.
 
-    ``jax.random.permutation`` of ``fold_in(fold_in(key(seed), DATA_ORDER_STREAM), epoch)``: a
-    function of (seed, epoch, n) only, so a resumed run replays the same order, on any number
-    of devices or processes. Traceable: the training driver computes it inside the jitted call
-    (`steps.make_train_fn`); called eagerly, it gives the same order on the host.
-    ``seed`` and ``epoch`` must be non-negative.
+    ``jax.random.permutation(fold_in(order_key, epoch), n)`` with ``order_key =
+    data_order_key(seed)``: a function of (seed, epoch, n) only, so a resumed run replays
+    the same order, on any number of devices or processes. Traceable in ``order_key`` and
+    ``epoch``: the training driver computes it inside the jitted call from its arguments
+    (`steps.make_train_fn`), so one compiled program serves every seed; called eagerly, it
+    gives the same order on the host. ``epoch`` must be non-negative.
     """
-    data_key = jax.random.fold_in(jax.random.key(seed), DATA_ORDER_STREAM)
-    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+    return jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -335,14 +341,15 @@ def train_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of shuffled full batches: ``steps_per_epoch`` pairs of uint8
     ``[batch_size, 32, 32, 3]`` images and int32 ``[batch_size]`` labels, in the order of
-    :func:`epoch_permutation`; the last ``n % batch_size`` examples of that order are dropped.
+    :func:`epoch_permutation` of ``data_order_key(seed)``; the last ``n % batch_size``
+    examples of that order are dropped.
 
     The batches the training driver gathers on the device (`steps.make_train_fn` with a
     `steps.DeviceSplit`), made on the host: for feeding `steps.make_train_fn` without one,
     and for checking the driver.
     """
     steps = steps_per_epoch(len(images), batch_size)
-    order = np.asarray(epoch_permutation(seed, epoch, len(images)))
+    order = np.asarray(epoch_permutation(data_order_key(seed), epoch, len(images)))
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
         yield images[index], labels[index]

@@ -245,13 +245,13 @@ class DeviceSplit:
     batches from (`parallel.shard_rows` places it).
 
     Attributes:
-      seed: the run's seed: epoch ``e``'s order is
-        ``input_pipeline.epoch_permutation(seed, e, num_examples)``.
       num_examples: the split's real rows (padding rows follow them on the devices).
       batch_size: the global batch; an epoch is ``num_examples // batch_size`` steps.
+
+    The order of the rows comes with each call (its ``order_key``), not from here: the
+    compiled driver is the same for every seed.
     """
 
-    seed: int
     num_examples: int
     batch_size: int
 
@@ -316,7 +316,8 @@ def make_train_fn(
     unroll: int | None = None,
     split: DeviceSplit | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted driver: ``(state, images_uint8, labels, base_key) -> (state, metrics)``.
+    """The jitted driver: ``(state, images_uint8, labels, base_key) -> (state, metrics)``;
+    with a `DeviceSplit`, ``(state, images_uint8, labels, base_key, order_key)``.
 
     Runs ``K = steps_per_call`` consecutive steps in one call; ``state`` is replicated and
     donated (its buffers are reused); metrics come back ``[K]``. Where the batches come from:
@@ -330,7 +331,9 @@ def make_train_fn(
       per run and are not donated. The K steps run from optimizer step ``s = state.step``
       on, all inside one epoch of ``steps_per_epoch = num_examples // batch_size`` steps:
       epoch ``e = s // steps_per_epoch``. Inside the call, the epoch's order is
-      ``input_pipeline.epoch_permutation(split.seed, e, num_examples)`` and each step's
+      ``input_pipeline.epoch_permutation(order_key, e, num_examples)`` (``order_key``:
+      ``input_pipeline.data_order_key(seed)``, an argument, so that one compiled driver
+      serves every seed) and each step's
       global batch is the next ``batch_size`` entries of it, gathered from the devices that
       hold them (`_gather_rows`): the batches `input_pipeline.train_batches` makes on the
       host, whatever the device or process count, and a function of the step alone, so a
@@ -390,9 +393,9 @@ def make_train_fn(
         check_vma=False,
     )
 
-    def run_on_split(state, split_images, split_labels, base_key):
+    def run_on_split(state, split_images, split_labels, base_key, order_key):
         epoch = state.step // steps_per_epoch
-        order = input_pipeline.epoch_permutation(split.seed, epoch, split.num_examples)
+        order = input_pipeline.epoch_permutation(order_key, epoch, split.num_examples)
 
         def one_step(state, _):
             start = (state.step % steps_per_epoch) * split.batch_size

@@ -127,7 +127,8 @@ class Run:
     tx: Any
     learning_rate_fn: Callable[[Any], Any]
     steps_per_epoch: int
-    train_key: jax.Array
+    train_key: jax.Array  # augmentation: `steps.make_train_fn`'s base_key
+    order_key: jax.Array  # `input_pipeline.data_order_key(seed)`
     manager: Any
     eval_fn: Callable[..., Any]
     train_fns: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict)
@@ -154,9 +155,7 @@ class Run:
             augment=self.recipe.augment,
             mesh=self.mesh,
             steps_per_call=steps_per_call,
-            split=steps.DeviceSplit(
-                self.recipe.seed, len(self.data.train_labels), self.recipe.batch_size
-            ),
+            split=steps.DeviceSplit(len(self.data.train_labels), self.recipe.batch_size),
         )
         self.train_fns[steps_per_call] = jitted.lower(
             jax.tree.map(
@@ -165,6 +164,7 @@ class Run:
             self.train_images,
             self.train_labels,
             self.train_key,
+            self.order_key,
         ).compile()
         return time.time() - start
 
@@ -313,7 +313,7 @@ def train_epoch(
             progress.compile_seconds += seconds
             reporting.info(f"compiled {size} train step(s) per call in {seconds:.1f}s")
         state, metrics = run.train_fns[size](
-            state, run.train_images, run.train_labels, run.train_key
+            state, run.train_images, run.train_labels, run.train_key, run.order_key
         )
         jax.block_until_ready((state, metrics))  # the call is done: a signal is seen now
         lr = metrics.pop("learning_rate")[-1]
@@ -604,6 +604,7 @@ def _setup(
         learning_rate_fn=learning_rate_fn,
         steps_per_epoch=steps_per_epoch,
         train_key=jax.random.split(jax.random.key(recipe.seed))[1],
+        order_key=input_pipeline.data_order_key(recipe.seed),
         manager=manager,
         eval_fn=steps.make_eval_fn(model, recipe.mean, recipe.std, mesh),
     )

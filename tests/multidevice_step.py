@@ -53,11 +53,14 @@ def main() -> None:
 
         # 15 rows: the second device's block ends in a padding row; 2 steps of 6, 3 dropped.
         split_step = steps.make_train_fn(
-            **args, steps_per_call=2, split=steps.DeviceSplit(seed=3, num_examples=15, batch_size=6)
+            **args, steps_per_call=2, split=steps.DeviceSplit(num_examples=15, batch_size=6)
         )
         split = parallel.shard_rows(images[:15], mesh), parallel.shard_rows(labels[:15], mesh)
         state, metrics = split_step(
-            parallel.replicate(jax.tree.map(jnp.copy, init), mesh), *split, key
+            parallel.replicate(jax.tree.map(jnp.copy, init), mesh),
+            *split,
+            key,
+            input_pipeline.data_order_key(3),
         )
         split_results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
 

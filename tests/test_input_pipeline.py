@@ -225,21 +225,19 @@ def test_normalize_values():
 
 
 def test_epoch_permutation():
-    first = ip.epoch_permutation(0, 0, 1000)
+    key = ip.data_order_key
+    first = ip.epoch_permutation(key(0), 0, 1000)
     np.testing.assert_array_equal(np.sort(first), np.arange(1000))
-    np.testing.assert_array_equal(first, ip.epoch_permutation(0, 0, 1000))
-    assert not np.array_equal(first, ip.epoch_permutation(0, 1, 1000))
-    assert not np.array_equal(first, ip.epoch_permutation(1, 0, 1000))
-    # Inside jit (the training driver), with the epoch traced: the same order.
-    traced = jax.jit(ip.epoch_permutation, static_argnums=(0, 2))(0, np.int32(1), 1000)
-    np.testing.assert_array_equal(traced, ip.epoch_permutation(0, 1, 1000))
-
-
-def test_steps_per_epoch():
-    assert ip.steps_per_epoch(50_000, 128) == 390
-    assert ip.steps_per_epoch(128, 128) == 1
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        ip.steps_per_epoch(100, 128)
+    np.testing.assert_array_equal(first, ip.epoch_permutation(key(0), 0, 1000))
+    assert not np.array_equal(first, ip.epoch_permutation(key(0), 1, 1000))
+    assert not np.array_equal(first, ip.epoch_permutation(key(1), 0, 1000))
+    # Inside jit (the training driver), key and epoch traced: one program, the same orders.
+    traced = jax.jit(ip.epoch_permutation, static_argnums=2)
+    for seed in (0, 1):
+        np.testing.assert_array_equal(
+            traced(key(seed), np.int32(1), 1000), ip.epoch_permutation(key(seed), 1, 1000)
+        )
+    assert traced._cache_size() == 1
 
 
 def test_train_batches_follow_the_epoch_permutation():
@@ -247,7 +245,7 @@ def test_train_batches_follow_the_epoch_permutation():
     labels = np.arange(10, dtype=np.int32)
     batches = list(ip.train_batches(images, labels, 4, seed=7, epoch=2))
     assert len(batches) == 2
-    order = ip.epoch_permutation(7, 2, 10)
+    order = ip.epoch_permutation(ip.data_order_key(7), 2, 10)
     for step, (batch_images, batch_labels) in enumerate(batches):
         np.testing.assert_array_equal(batch_labels, order[step * 4 : step * 4 + 4])
         np.testing.assert_array_equal(batch_images[:, 0, 0, 0], batch_labels)

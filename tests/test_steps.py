@@ -277,16 +277,17 @@ def test_the_split_driver_takes_the_batches_train_batches_makes():
             fed_losses.append(float(metrics["loss"][0]))
 
     def split_run(calls):  # calls: steps per call, in order (within epochs of 3 steps)
-        device_split = steps.DeviceSplit(seed, n, batch_size)
+        device_split = steps.DeviceSplit(n, batch_size)
         drivers = {
             size: steps.make_train_fn(**args, steps_per_call=size, split=device_split)
             for size in set(calls)
         }
         split = parallel.shard_rows(images, mesh), parallel.shard_rows(labels, mesh)
+        order_key = input_pipeline.data_order_key(seed)
         split_state = _fresh_state(args)
         losses = []
         for size in calls:
-            split_state, metrics = drivers[size](split_state, *split, key)
+            split_state, metrics = drivers[size](split_state, *split, key, order_key)
             losses.extend(np.asarray(metrics["loss"]).tolist())
         return split_state, losses
 
@@ -319,7 +320,7 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     args = driver_setup.resnet8(steps_per_epoch=2, devices=jax.devices()[:1])
     fn = steps.make_train_fn(**args, steps_per_call=steps_per_call)
     split_fn = steps.make_train_fn(
-        **args, steps_per_call=steps_per_call, split=steps.DeviceSplit(0, 40, 8)
+        **args, steps_per_call=steps_per_call, split=steps.DeviceSplit(40, 8)
     )
     state = jax.eval_shape(
         lambda: steps.create_train_state(jax.random.key(0), args["model"], args["tx"])
@@ -330,7 +331,9 @@ def test_train_driver_has_no_convolution_in_a_while_loop(steps_per_call):
     split_labels = jax.ShapeDtypeStruct((40,), jnp.int32)
     for hlo in (
         fn.lower(state, images, labels, jax.random.key(1)).as_text(),
-        split_fn.lower(state, split_images, split_labels, jax.random.key(1)).as_text(),
+        split_fn.lower(
+            state, split_images, split_labels, jax.random.key(1), jax.random.key(2)
+        ).as_text(),
     ):
         assert stablehlo_loops.convolutions_in_while_loops(hlo) == 0
         assert hlo.count("stablehlo.convolution") >= steps_per_call * 7  # forward convs, each step

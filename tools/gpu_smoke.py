@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jresnet import parallel, steps
+from jresnet import input_pipeline, parallel, steps
 from jresnet.testing import driver_setup
 
 
@@ -26,15 +26,16 @@ def fused_losses(dtype: str) -> list[float]:
     the device), on a random split of 64 images (one epoch of 4 steps of 16)."""
     args = driver_setup.resnet8(steps_per_epoch=4, dtype=dtype)
     model, tx, mesh = args["model"], args["tx"], args["mesh"]
-    split = steps.DeviceSplit(seed=0, num_examples=64, batch_size=16)
+    split = steps.DeviceSplit(num_examples=64, batch_size=16)
     step = steps.make_train_fn(**args, steps_per_call=2, split=split)
     state = parallel.replicate(steps.create_train_state(jax.random.key(0), model, tx), mesh)
     rng = np.random.default_rng(0)
     images = parallel.shard_rows(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), mesh)
     labels = parallel.shard_rows(rng.integers(0, 10, 64).astype(np.int32), mesh)
+    order_key = input_pipeline.data_order_key(0)
     losses = []
     for _ in range(2):
-        state, metrics = step(state, images, labels, jax.random.key(1))
+        state, metrics = step(state, images, labels, jax.random.key(1), order_key)
         losses += [float(x) for x in np.asarray(metrics["loss"])]
     leaves = jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
     dtypes = {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)}
