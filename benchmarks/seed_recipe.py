@@ -7,12 +7,17 @@ Layout under a results directory (``results/`` in the repository)::
     RESULTS/seed-recipe/jresnet/resnet20.safetensors   final weights (seed layout), when done
     RESULTS/seed-recipe/pytorch/...             the same for benchmarks/torch_seed.py
     RESULTS/seed-recipe/curves.png              both runs' test accuracy and training loss
-    RESULTS/README.md                           the table, written from the files above
+    RESULTS/seeds-example/SEED_DIR/             results.json and metrics.jsonl of each run
+    RESULTS/seeds-example/run-info.json         of the README's several-seeds example
+    RESULTS/seeds-example/curves.png            its runs' eval accuracy, mean and std band
+    RESULTS/README.md                           the tables, written from the files above
 
 Command lines::
 
     python -m benchmarks.seed_recipe snapshot NAME WORKDIR --clone CLONE --venv VENV \\
         --command "THE COMMAND THAT RUNS IT" [--results results] [--data_dir DIR]
+    python -m benchmarks.seed_recipe snapshot-seeds RUN_DIR... --clone CLONE --venv VENV \\
+        --command "THE COMMAND THAT RUNS THEM" [--results results]
     python -m benchmarks.seed_recipe report [RESULTS] [--readme README.md]
 
 ``snapshot`` only reads ``WORKDIR``, ``CLONE`` (the pinned clone that runs the code) and
@@ -26,9 +31,16 @@ OUT.safetensors`` and evaluates that file on the test split with ``train.py
 --config.eval_only=True --config.init_from=OUT.safetensors`` (both with ``VENV`` in
 ``CLONE``), recording whether its accuracy equals the last record's.
 
+``snapshot-seeds`` copies the ``results.json`` and ``metrics.jsonl`` of several runs (the
+README's example of seeds) into ``RESULTS/seeds-example/`` and writes one ``run-info.json``
+for them (command, commit, versions, machine, data).
+
 ``report`` writes ``curves.png`` and ``README.md`` (and, with ``--readme``, the same table
 between the ``seed-recipe-table`` markers of that file); an unfinished run is marked
-"running: E/N epochs". Every number comes from the files; nothing is typed by hand.
+"running: E/N epochs". When ``RESULTS/seeds-example/`` exists, it also runs ``python -m
+jresnet.summarize`` on its runs and puts that table (and its ``--plot``) in both files, the
+README's between the ``seeds-example-table`` markers. Every number comes from the files;
+nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -55,6 +67,11 @@ CURVES_FILE = "curves.png"
 README_FILE = "README.md"
 TABLE_START = "<!-- seed-recipe-table:start -->"
 TABLE_END = "<!-- seed-recipe-table:end -->"
+SEEDS_SUBDIR = "seeds-example"
+SEEDS_START = "<!-- seeds-example-table:start -->"
+SEEDS_END = "<!-- seeds-example-table:end -->"
+# What jresnet.summarize reads of a run (jresnet.results.RESULTS_FILE and METRICS_FILE).
+SEED_RUN_FILES = ("results.json", METRICS_FILE)
 # The runs the report knows, in table order: directory name -> label.
 RUNS = {"jresnet": "jresnet (JAX/Flax)", "pytorch": "the seed's PyTorch loop"}
 PACKAGES = (
@@ -226,6 +243,25 @@ def _write_text(path: str, text: str) -> None:
     safe_files.write_bytes(path, text.encode())
 
 
+def where_it_ran(clone: str, venv: str, command: str) -> dict[str, Any]:
+    """What a run-info.json says of any run: ``command``, ``commit`` (and ``clone_modified``)
+    of the pinned ``clone``, the ``versions`` of ``venv``, this ``machine``'s CPU and cores,
+    the ``data`` and the time of the snapshot."""
+    cpu = machine.machine_info()
+    return {
+        "command": command,
+        "commit": _run(["git", "-C", clone, "rev-parse", "HEAD"]).strip(),
+        # --no-optional-locks: git status must not refresh the clone's index file.
+        "clone_modified": bool(
+            _run(["git", "--no-optional-locks", "-C", clone, "status", "--porcelain"]).strip()
+        ),
+        "versions": venv_versions(venv),
+        "machine": {"cpu": cpu["cpu"], "cores": cpu["logical_cpus"]},
+        "data": DATA,
+        "snapshot_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
 def snapshot(
     name: str,
     workdir: str,
@@ -246,21 +282,11 @@ def snapshot(
     summary = summarize(records, int(config["num_epochs"]))
     out_dir = os.path.join(results_dir, SUBDIR, name)
     os.makedirs(out_dir, exist_ok=True)
-    cpu = machine.machine_info()
     info = {
         "name": name,
         "implementation": implementation,
-        "command": command,
         "config": config,
-        "commit": _run(["git", "-C", clone, "rev-parse", "HEAD"]).strip(),
-        # --no-optional-locks: git status must not refresh the clone's index file.
-        "clone_modified": bool(
-            _run(["git", "--no-optional-locks", "-C", clone, "status", "--porcelain"]).strip()
-        ),
-        "versions": venv_versions(venv),
-        "machine": {"cpu": cpu["cpu"], "cores": cpu["logical_cpus"]},
-        "data": DATA,
-        "snapshot_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **where_it_ran(clone, venv, command),
         **summary,
     }
     if weights and summary["finished"] and implementation == "jresnet":
@@ -274,6 +300,35 @@ def snapshot(
             data_dir,
         )
     _write_text(os.path.join(out_dir, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in records))
+    _write_text(os.path.join(out_dir, RUN_INFO_FILE), json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def snapshot_seeds(
+    run_dirs: Sequence[str], clone: str, venv: str, command: str, results_dir: str
+) -> dict[str, Any]:
+    """Copies the `SEED_RUN_FILES` of each of ``run_dirs`` (one finished or in progress) into
+    ``results_dir/seeds-example/BASENAME/`` and writes ``seeds-example/run-info.json``
+    (`where_it_ran` and the runs' names); reads the runs, ``clone`` and ``venv`` only.
+    Returns the run info."""
+    if not run_dirs:
+        raise ConfigError("no run directories given: snapshot-seeds RUN_DIR... --clone ...")
+    names = [os.path.basename(os.path.normpath(run_dir)) for run_dir in run_dirs]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"the run directories' names repeat ({', '.join(names)}); name each apart"
+        )
+    out_dir = os.path.join(results_dir, SEEDS_SUBDIR)
+    for run_dir in run_dirs:
+        if not os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+            raise ConfigError(f"{run_dir} has no {METRICS_FILE}: give the --workdir of a run")
+    for run_dir, name in zip(run_dirs, names, strict=True):
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+        for file in SEED_RUN_FILES:  # a run in progress has no results.json yet
+            if os.path.exists(os.path.join(run_dir, file)):
+                with open(os.path.join(run_dir, file), "rb") as f:
+                    safe_files.write_bytes(os.path.join(out_dir, name, file), f.read())
+    info = {"runs": names, **where_it_ran(clone, venv, command)}
     _write_text(os.path.join(out_dir, RUN_INFO_FILE), json.dumps(info, indent=2) + "\n")
     return info
 
@@ -335,6 +390,17 @@ def table(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]
     return "\n".join(lines) + "\n"
 
 
+def describe(info: Mapping[str, Any], data_prefix: str = "") -> str:
+    """One sentence of `where_it_ran`'s fields: command, commit, machine, versions, data."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    modified = " (with uncommitted changes)" if info.get("clone_modified") else ""
+    return (
+        f"`{info['command']}` at commit `{info['commit']}`{modified}; "
+        f"{info['machine']['cpu']}, {info['machine']['cores']} cores; {versions}; "
+        f"{data_prefix}{info['data']}; snapshot of {info['snapshot_utc']}."
+    )
+
+
 def provenance(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:
     """One paragraph per run: its command, commit, machine, versions, data and weights."""
     parts = []
@@ -342,14 +408,8 @@ def provenance(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str,
         if name not in runs:
             continue
         info, records = runs[name]
-        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-        modified = " (with uncommitted changes)" if info.get("clone_modified") else ""
         count = f"{records[-1]['eval_count']:,} test images, " if records else ""
-        text = (
-            f"- **{label}**: `{info['command']}` at commit `{info['commit']}`{modified}; "
-            f"{info['machine']['cpu']}, {info['machine']['cores']} cores; {versions}; "
-            f"{count}{info['data']}; snapshot of {info['snapshot_utc']}."
-        )
+        text = f"- **{label}**: {describe(info, count)}"
         weights = info.get("weights")
         if weights:
             verdict = "equals" if weights["equals_final_record"] else "DOES NOT equal"
@@ -434,26 +494,67 @@ def readme(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any
     )
 
 
-def replace_table(text: str, new_table: str, path: str) -> str:
-    """``text`` with what lies between `TABLE_START` and `TABLE_END` replaced."""
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
+def seeds_table(results_dir: str) -> tuple[dict[str, Any], str] | None:
+    """``(run info, table)`` of the runs under ``results_dir/seeds-example/``: the table is
+    what ``python -m jresnet.summarize`` prints for them, and its ``--plot`` goes to
+    ``seeds-example/curves.png``. None when there is no such snapshot.
+
+    A subprocess, as a user runs it (and jresnet.summarize loads JAX, which this module
+    does not need)."""
+    out_dir = os.path.join(results_dir, SEEDS_SUBDIR)
+    info_path = os.path.join(out_dir, RUN_INFO_FILE)
+    if not os.path.exists(info_path):
+        return None
+    with open(info_path) as f:
+        info = json.load(f)
+    run_dirs = [os.path.join(out_dir, name) for name in info["runs"]]
+    plot_path = os.path.join(out_dir, CURVES_FILE)
+    command = [sys.executable, "-m", "jresnet.summarize", *run_dirs, "--plot", plot_path]
+    return info, _run(command)
+
+
+def seeds_section(info: Mapping[str, Any], markdown: str) -> str:
+    """results/README.md's section on the several-seeds example."""
+    return (
+        "\n## Several seeds: the README's example\n\n"
+        f"{len(info['runs'])} independent runs of the command below, one per seed, each "
+        "choosing its best epoch on a validation slice and evaluating the test split once at "
+        "the end, summarised by `python -m jresnet.summarize` (accuracies in percent, std in "
+        "percentage points). A demonstration of the protocol on a CPU, not a result: a few "
+        "epochs on a slice of the training set is far from a trained ResNet, and the data is "
+        "the JPEG copy of CIFAR-10, not the official pixels. Wall times are those of a CPU "
+        "shared with other work, not speed measurements.\n\n"
+        f"{markdown.rstrip()}\n\n"
+        f"![eval accuracy per epoch, mean and std]({SEEDS_SUBDIR}/{CURVES_FILE})\n\n"
+        f"- {describe(info)}\n"
+    )
+
+
+def replace_between(text: str, start_marker: str, end_marker: str, new: str, path: str) -> str:
+    """``text`` with what lies between ``start_marker`` and ``end_marker`` replaced."""
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise ConfigError(f"{path} has no {TABLE_START} ... {TABLE_END} markers")
-    return text[: start + len(TABLE_START)] + "\n" + new_table + text[end:]
+        raise ConfigError(f"{path} has no {start_marker} ... {end_marker} markers")
+    return text[: start + len(start_marker)] + "\n" + new + text[end:]
 
 
 def report(results_dir: str, readme_path: str | None = None) -> str:
-    """Writes ``curves.png`` and ``README.md`` (and the table into ``readme_path``); returns
-    the table."""
+    """Writes ``curves.png`` and ``README.md`` (and the tables into ``readme_path``); returns
+    the seed recipe's table."""
     runs = load_runs(results_dir)
     os.makedirs(os.path.join(results_dir, SUBDIR), exist_ok=True)
     plot(runs, os.path.join(results_dir, SUBDIR, CURVES_FILE))
-    _write_text(os.path.join(results_dir, README_FILE), readme(runs))
+    seeds = seeds_table(results_dir)
+    results_readme = readme(runs) + (seeds_section(*seeds) if seeds else "")
+    _write_text(os.path.join(results_dir, README_FILE), results_readme)
     markdown = table(runs)
     if readme_path:
         with open(readme_path) as f:
             text = f.read()
-        _write_text(readme_path, replace_table(text, markdown, readme_path))
+        text = replace_between(text, TABLE_START, TABLE_END, markdown, readme_path)
+        if seeds:
+            text = replace_between(text, SEEDS_START, SEEDS_END, seeds[1], readme_path)
+        _write_text(readme_path, text)
     return markdown
 
 
@@ -475,6 +576,14 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--results", default="results")
     snap.add_argument("--data_dir", default="", help="TFDS data dir (default: the config's)")
     snap.add_argument("--no_weights", action="store_true", help="skip the final weights")
+    seeds = commands.add_parser(
+        "snapshot-seeds", help="copy several runs' results.json and metrics.jsonl"
+    )
+    seeds.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    seeds.add_argument("--clone", required=True, help="the pinned clone that runs the code")
+    seeds.add_argument("--venv", required=True, help="the virtual environment that runs it")
+    seeds.add_argument("--command", required=True, dest="run_command", help="the runs' command")
+    seeds.add_argument("--results", default="results")
     rep = commands.add_parser("report", help="write curves.png and README.md")
     rep.add_argument("results", nargs="?", default="results")
     rep.add_argument("--readme", help="also replace the table between the markers of this file")
@@ -506,6 +615,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        elif args.command == "snapshot-seeds":
+            info = snapshot_seeds(
+                args.run_dirs, args.clone, args.venv, args.run_command, args.results
+            )
+            print(f"{SEEDS_SUBDIR}: {', '.join(info['runs'])}", file=sys.stderr)
         else:
             print(report(args.results, args.readme), end="")
         return 0

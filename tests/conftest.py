@@ -9,6 +9,7 @@ weights, TFDS's data dir): tests write nothing under ``$HOME`` (tests/test_herme
 """
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jresnet import models  # noqa: E402
+from jresnet import models, results  # noqa: E402
 from jresnet.configs import default  # noqa: E402
 from jresnet.testing import tiny_data  # noqa: E402
 
@@ -128,3 +129,32 @@ def model_with_random_statistics(shortcut: str = "B", num_classes: int = 10, see
         variables["batch_stats"],
     )
     return model, {"params": variables["params"], "batch_stats": stats}
+
+
+def _fake_records(accuracies):
+    return [
+        {"epoch": i + 1, "step": 4 * (i + 1), "eval_accuracy": a, "wall_s": 10.0 * (i + 1)}
+        for i, a in enumerate(accuracies)
+    ]
+
+
+def fake_run(path, seed, accuracies, test=None, finished=True) -> str:
+    """A work directory with ``metrics.jsonl`` (eval ``accuracies`` per epoch) and, if
+    ``finished``, ``results.json`` (with ``test = (final, best)`` test accuracies), as a
+    training run writes them; no training. Returns its path."""
+    path.mkdir(parents=True)
+    records = _fake_records(accuracies)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        config = {"seed": seed, "eval_split": "train[45000:]", "test_split": "test"}
+        best = results.best_record(records, [r["step"] for r in records])
+        fields = None
+        if test is not None:
+            final, best_test = test
+            fields = results.test_fields(
+                {"eval_accuracy": final, "eval_loss": 1.0, "eval_count": 40},
+                {"eval_accuracy": best_test, "eval_loss": 1.0, "eval_count": 40},
+                best["epoch"],
+            )
+        results.write(str(path), results.build(config, records, best, fields, 30.0, None))
+    return str(path)

@@ -58,6 +58,20 @@ def uninterrupted(tmp_path_factory, data_dir):
     return workdir, result
 
 
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, data_dir):
+    """The work directory of one finished 1-epoch `main.run`: tests that only read it use
+    it as it is, tests that train on in it take a `copy_of` it."""
+    workdir = tmp_path_factory.mktemp("one-epoch") / "run"
+    assert main.run(_config(data_dir, num_epochs=1), str(workdir)) == 0
+    return workdir
+
+
+def copy_of(workdir, tmp_path):
+    """A copy of ``workdir`` as ``tmp_path/run`` (a str)."""
+    return str(shutil.copytree(workdir, tmp_path / "run"))
+
+
 def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(uninterrupted):
     workdir, result = uninterrupted
     tmp_path = workdir.parent
@@ -125,11 +139,9 @@ def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys):
     chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
 
 
-def test_eval_only_reports_the_checkpoint_metrics(tmp_path, data_dir, capsys):
-    workdir = str(tmp_path / "run")
-    assert main.run(_config(data_dir, num_epochs=1), workdir) == 0
-    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    capsys.readouterr()
+def test_eval_only_reports_the_checkpoint_metrics(tmp_path, data_dir, capsys, one_epoch):
+    workdir = copy_of(one_epoch, tmp_path)
+    last = json.loads((one_epoch / "metrics.jsonl").read_text().splitlines()[-1])
     assert main.run(_config(data_dir, eval_only=True), workdir) == 0
     out, err = capsys.readouterr()
     metrics = json.loads(out.strip().splitlines()[-1])
@@ -138,9 +150,8 @@ def test_eval_only_reports_the_checkpoint_metrics(tmp_path, data_dir, capsys):
     assert "accuracy" in err
 
 
-def test_init_from_a_workdir_starts_from_its_weights(tmp_path, data_dir):
-    source = str(tmp_path / "source")
-    assert main.run(_config(data_dir, num_epochs=1), source) == 0
+def test_init_from_a_workdir_starts_from_its_weights(tmp_path, data_dir, one_epoch):
+    source = str(one_epoch)
     finetune = _config(data_dir, num_epochs=1, learning_rate=0.0, weight_decay=0.0)
     finetune.init_from = source
     assert main.run(finetune, str(tmp_path / "finetune")) == 0
@@ -215,9 +226,8 @@ def test_workdir_that_is_a_file_is_refused_and_kept(tmp_path, data_dir, capsys):
     assert path.read_text() == "keep me"
 
 
-def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, data_dir, capsys):
-    workdir = str(tmp_path / "run")
-    assert main.run(_config(data_dir, num_epochs=1), workdir) == 0
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, data_dir, capsys, one_epoch):
+    workdir = copy_of(one_epoch, tmp_path)
     before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
     assert main.run(_config(data_dir, shortcut="A", model="resnet14"), workdir) == errors.EXIT_USAGE
     err = capsys.readouterr().err
@@ -226,9 +236,10 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, data_dir, capsys)
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
 
 
-def test_diverging_loss_stops_with_a_message_and_keeps_good_checkpoints(tmp_path, data_dir, capsys):
-    workdir = str(tmp_path / "run")
-    assert main.run(_config(data_dir, num_epochs=1), workdir) == 0
+def test_diverging_loss_stops_with_a_message_and_keeps_good_checkpoints(
+    tmp_path, data_dir, capsys, one_epoch
+):
+    workdir = copy_of(one_epoch, tmp_path)
     good = _variables(workdir)
     assert main.run(_config(data_dir, learning_rate=1e30), workdir) == errors.EXIT_DIVERGED
     assert "training diverged" in capsys.readouterr().err
@@ -358,11 +369,10 @@ def test_when_every_checkpoint_is_unreadable_every_run_refuses_and_nothing_moves
         assert not (workdir / "checkpoints-unreadable").exists()
 
 
-def test_a_resume_that_changes_what_a_step_means_is_refused(tmp_path, data_dir, capsys):
+def test_a_resume_that_changes_what_a_step_means_is_refused(tmp_path, data_dir, capsys, one_epoch):
     workdir = tmp_path / "run"
-    assert main.run(_config(data_dir, num_epochs=1), str(workdir)) == 0
+    copy_of(one_epoch, tmp_path)
     metrics = (workdir / "metrics.jsonl").read_text()
-    capsys.readouterr()
     assert main.run(_config(data_dir, batch_size=8), str(workdir)) == errors.EXIT_USAGE
     assert "batch_size 16 -> 8" in capsys.readouterr().err
     assert (workdir / "metrics.jsonl").read_text() == metrics
@@ -379,11 +389,9 @@ def test_divergence_saves_nothing_non_finite(tmp_path, data_dir, capsys, learnin
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
 
 
-def test_eval_only_creates_no_workdir_and_bounds_the_batch(tmp_path, data_dir, capsys):
-    source = tmp_path / "source"
-    assert main.run(_config(data_dir, num_epochs=1), str(source)) == 0
+def test_eval_only_creates_no_workdir_and_bounds_the_batch(tmp_path, data_dir, capsys, one_epoch):
     config = _config(data_dir, eval_only=True, eval_batch_size=10_000_000)
-    config.init_from = str(source)
+    config.init_from = str(one_epoch)
     assert main.run(config, str(tmp_path / "nowhere")) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_count"] == 40
     assert not (tmp_path / "nowhere").exists()

@@ -1,17 +1,19 @@
 """benchmarks.seed_recipe: snapshots of runs and the generated report, on synthetic records."""
 
 import json
+import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import seed_recipe
-from jresnet import checkpoint, torch_layouts, weight_files
+from jresnet import checkpoint, summarize, torch_layouts, weight_files
 from jresnet.errors import ConfigError
-from tests.conftest import REPO, model_with_random_statistics, tiny_config
+from tests.conftest import REPO, fake_run, model_with_random_statistics, tiny_config
 
 
 def synthetic_records(epochs, seed):
@@ -175,6 +177,41 @@ def test_report_replaces_the_table_between_the_markers(snapshots, tmp_path):
         seed_recipe.report(str(results), str(readme))
 
 
+def test_the_seeds_example_is_summarizes_table_of_the_snapshotted_runs(tmp_path):
+    commit = fake_clone(tmp_path / "clone")
+    rng = np.random.default_rng(3)
+    run_dirs = [
+        fake_run(tmp_path / "runs" / f"seed{s}", s, rng.uniform(0.3, 0.9, 3), (0.5, 0.6))
+        for s in range(2)
+    ] + [fake_run(tmp_path / "runs" / "seed2", 2, [0.4], finished=False)]
+    results = tmp_path / "results"
+    info = seed_recipe.snapshot_seeds(
+        run_dirs, str(tmp_path / "clone"), sys.prefix, "loop", str(results)
+    )
+    assert info["runs"] == ["seed0", "seed1", "seed2"] and info["commit"] == commit
+    copies = [str(results / "seeds-example" / name) for name in info["runs"]]
+    for run_dir, copy in zip(run_dirs, copies, strict=True):
+        for name in ("metrics.jsonl", "results.json"):
+            original = Path(run_dir) / name
+            assert (Path(copy) / name).exists() == original.exists()
+    readme = tmp_path / "README.md"
+    start, end = seed_recipe.SEEDS_START, seed_recipe.SEEDS_END
+    readme.write_text(f"{seed_recipe.TABLE_START}\n{seed_recipe.TABLE_END}\n{start}\nold\n{end}\n")
+    seed_recipe.report(str(results), str(readme))
+    expected = summarize.format_table(summarize.summarize(copies))
+    assert readme.read_text().split(start + "\n")[1] == f"{expected}\n{end}\n"
+    assert expected in (results / "README.md").read_text()
+    assert (results / "seeds-example" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_snapshot_seeds_refuses_a_directory_that_is_no_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"no metrics\.jsonl"):
+        seed_recipe.snapshot_seeds(
+            [str(tmp_path)], str(tmp_path), sys.prefix, "c", str(tmp_path / "r")
+        )
+    assert not (tmp_path / "r").exists()
+
+
 def test_snapshot_of_a_workdir_without_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="after its first epoch"):
         seed_recipe.read_run_config(str(tmp_path))
@@ -206,3 +243,14 @@ def test_snapshot_of_a_finished_jresnet_run_exports_and_checks_its_weights(tmp_p
         # ravel: the file holds the 0-d num_batches_tracked counters with shape [1]
         # (np.ascontiguousarray in weight_files.save_state_dict_file), which PyTorch accepts.
         assert np.array_equal(np.ravel(exported_state[name]), np.ravel(value)), name
+
+
+def test_the_readmes_seeds_example_is_summarizes_table_of_the_committed_runs(monkeypatch):
+    monkeypatch.chdir(REPO)  # the table names the runs by their paths in the repository
+    example = os.path.join("results", seed_recipe.SEEDS_SUBDIR)
+    with open(os.path.join(example, seed_recipe.RUN_INFO_FILE)) as f:
+        names = json.load(f)["runs"]
+    table = summarize.format_table(summarize.summarize([os.path.join(example, n) for n in names]))
+    start, end = seed_recipe.SEEDS_START, seed_recipe.SEEDS_END
+    assert f"{start}\n{table}\n{end}" in (REPO / "README.md").read_text()
+    assert "| over the 3 finished runs |" in table

@@ -10,34 +10,7 @@ import numpy as np
 import pytest
 
 from jresnet import results, summarize
-from tests.conftest import run_module
-
-
-def _records(accuracies):
-    return [
-        {"epoch": i + 1, "step": 4 * (i + 1), "eval_accuracy": a, "wall_s": 10.0 * (i + 1)}
-        for i, a in enumerate(accuracies)
-    ]
-
-
-def _write_run(path, seed, accuracies, test=None, finished=True):
-    """A work directory with ``metrics.jsonl`` and, if ``finished``, ``results.json``."""
-    path.mkdir(parents=True)
-    records = _records(accuracies)
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    if finished:
-        config = {"seed": seed, "eval_split": "train[45000:]", "test_split": "test"}
-        best = results.best_record(records, [r["step"] for r in records])
-        fields = None
-        if test is not None:
-            final, best_test = test
-            fields = results.test_fields(
-                {"eval_accuracy": final, "eval_loss": 1.0, "eval_count": 40},
-                {"eval_accuracy": best_test, "eval_loss": 1.0, "eval_count": 40},
-                best["epoch"],
-            )
-        results.write(str(path), results.build(config, records, best, fields, 30.0, None))
-    return str(path)
+from tests.conftest import fake_run, run_module
 
 
 @pytest.fixture
@@ -45,10 +18,10 @@ def runs(tmp_path):
     """Three finished seeds with random accuracies and one run in progress."""
     rng = np.random.default_rng(0)
     finished = [
-        _write_run(tmp_path / f"seed{s}", s, rng.uniform(0.3, 0.9, 3), rng.uniform(0.3, 0.9, 2))
+        fake_run(tmp_path / f"seed{s}", s, rng.uniform(0.3, 0.9, 3), rng.uniform(0.3, 0.9, 2))
         for s in range(3)
     ]
-    running = _write_run(tmp_path / "seed3", 3, [0.99, 0.995], finished=False)
+    running = fake_run(tmp_path / "seed3", 3, [0.99, 0.995], finished=False)
     return finished, running
 
 
@@ -80,16 +53,16 @@ def test_a_run_in_progress_is_shown_with_its_epochs_so_far(runs, capsys):
 
 
 def test_a_finished_run_trained_further_counts_as_running_again(tmp_path):
-    run = _write_run(tmp_path / "run", 0, [0.5, 0.6], test=(0.55, 0.6))
+    run = fake_run(tmp_path / "run", 0, [0.5, 0.6], test=(0.55, 0.6))
     with open(f"{run}/metrics.jsonl", "a") as f:
-        f.write(json.dumps(_records([0.5, 0.6, 0.7])[-1]) + "\n")
+        f.write(json.dumps({"epoch": 3, "step": 12, "eval_accuracy": 0.7, "wall_s": 30.0}) + "\n")
     row = summarize.read_run(run)
     assert row["status"] == "running" and row["epochs"] == 3
     assert row["final_eval_accuracy"] == 0.7 and row["final_test_accuracy"] is None
 
 
 def test_one_finished_run_has_no_standard_deviation(tmp_path):
-    run = _write_run(tmp_path / "run", 0, [0.5, 0.6], test=(0.55, 0.6))
+    run = fake_run(tmp_path / "run", 0, [0.5, 0.6], test=(0.55, 0.6))
     stat = summarize.summarize([run])["statistics"]["final_test_accuracy"]
     assert stat == {"mean": 0.55, "std": None, "min": 0.55, "max": 0.55, "n": 1}
 
@@ -111,7 +84,7 @@ def test_plot_writes_a_png(runs, tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
-    run = _write_run(tmp_path / "run", 0, [0.5])
+    run = fake_run(tmp_path / "run", 0, [0.5])
     args = [a.format(tmp=tmp_path / "empty", run=run) for a in args]
     (tmp_path / "empty").mkdir()
     assert summarize.main(args) == 2
@@ -129,7 +102,7 @@ def test_the_module_runs_from_the_command_line(runs):
 
 
 def test_a_damaged_results_file_exits_2_naming_it(tmp_path, capsys):
-    run = _write_run(tmp_path / "run", 0, [0.5])
+    run = fake_run(tmp_path / "run", 0, [0.5])
     (tmp_path / "run" / "results.json").write_text("{")
     assert summarize.main([run]) == 2
     err = capsys.readouterr().err
