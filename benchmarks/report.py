@@ -22,6 +22,7 @@ from benchmarks.configs import (
     BATCH,
     CONFIG_BY_NAME,
     CONFIGS,
+    EVAL_BATCH,
     MATMUL_N,
     PROJECTED_EPOCHS,
     Config,
@@ -570,6 +571,61 @@ def render_failures(runs: Runs) -> list[str]:
     if not failures:
         return []
     return ["## Failures", "", *(f"- {n}: `{e[-300:]}`" for n, e in failures.items()), ""]
+
+
+# The README's speed table: (row, jresnet's configuration, torch eager's, channels_last's).
+SPEED_ROWS = (
+    (
+        "training, end to end with data and augmentation",
+        "e2e-jax-fused",
+        "e2e-torch",
+        "e2e-torch-cl",
+    ),
+    ("training, model step only", "step-jax-fused", "step-torch", "step-torch-cl"),
+    (f"eval, batch {EVAL_BATCH:,}", "eval-jax-ynn", "eval-torch", "eval-torch-cl"),
+)
+SPEED_START = "<!-- speed-table:start -->"
+SPEED_END = "<!-- speed-table:end -->"
+
+
+def speed_table(report: dict[str, Any]) -> str:
+    """The README's summary of a CPU run: where and when it ran, then jresnet's img/s against
+    torch eager and channels_last (medians; ratios jresnet / torch) for `SPEED_ROWS`."""
+    img = summarize(report["runs"], "img_s")
+    median = lambda name: img.get(name, {}).get("median")
+    cpu = report["machine"]
+    lines = [
+        f"{cpu['cpu']}, {cpu['logical_cpus']} logical CPUs; medians of {report['rounds']} "
+        f"interleaved rounds, {report['date'][:10]} (`benchmarks/RESULTS.md`):",
+        "",
+        f"| batch {BATCH}, ResNet-20 | jresnet | torch eager (seed) | torch channels_last |",
+        "|---|---:|---:|---:|",
+    ]
+    for row, jax_name, eager, channels_last in SPEED_ROWS:
+        ours = median(jax_name)
+        cells = [
+            f"{fmt(median(t))} (jresnet {ratio(ours, median(t))}x)" for t in (eager, channels_last)
+        ]
+        lines.append(f"| {row} | {fmt(ours)} img/s | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, start_marker: str, end_marker: str, new: str, path: str) -> str:
+    """``text`` with what lies between ``start_marker`` and ``end_marker`` replaced by
+    ``new`` (the generated blocks of the README)."""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        raise errors.ConfigError(f"{path} has no {start_marker} ... {end_marker} markers")
+    return text[: start + len(start_marker)] + "\n" + new + text[end:]
+
+
+def write_speed_table(report: dict[str, Any], readme_path: str) -> None:
+    """Replaces the table between `SPEED_START` and `SPEED_END` in ``readme_path``."""
+    with open(readme_path) as f:
+        text = f.read()
+    text = replace_between(text, SPEED_START, SPEED_END, speed_table(report), readme_path)
+    with open(readme_path, "w") as f:
+        f.write(text)
 
 
 def _checked_path(report: dict[str, Any], path: str, bench_dir: str) -> str:

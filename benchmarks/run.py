@@ -4,15 +4,15 @@ Usage (from the repository root)::
 
     python -m benchmarks.run --data-dir DIR [--profile cpu|gpu] [--dry-run] [--rounds N]
                              [--output PATH] [--only NAMES] [--budget-s S]
-                             [--baseline-tree DIR]
-    python -m benchmarks.run --render RESULTS.json [--output PATH]
+                             [--baseline-tree DIR] [--readme README.md]
+    python -m benchmarks.run --render RESULTS.json [--output PATH] [--readme README.md]
 
 ``--data-dir`` is a TFDS data dir holding ``cifar10`` (``python -m jresnet.prepare_data``
 writes one); it is loaded once (`benchmarks.data`) and handed to the workers.
 
 Profiles (`benchmarks.configs`):
 
-* ``cpu`` (about 15 minutes on 2 cores): jresnet against a PyTorch reproduction of the
+* ``cpu`` (15 to 60 minutes on 2 cores): jresnet against a PyTorch reproduction of the
   seed's training (`benchmarks.torch_seed`). The model step (random data, compile time
   apart) through jresnet's jitted driver (`jresnet.steps.make_train_fn`) with default
   XLA flags, the YNN flag, K unrolled steps per call and a rolled scan; end to end,
@@ -41,7 +41,10 @@ of their medians. It is written only to ``--output``, never into benchmarks/.
 
 A full run writes ``benchmarks/RESULTS.md`` (cpu) or ``benchmarks/GPU_RESULTS.md`` (gpu)
 and the ``.json`` beside it, which is rewritten after every worker (a run cut short keeps
-what it measured); ``--render`` writes the ``.md`` again from a ``.json``. ``--dry-run``
+what it measured); ``--render`` writes the ``.md`` again from a ``.json``. ``--readme
+README.md`` (a full CPU run, or ``--render`` of one) also writes its summary, jresnet's img/s
+against the seed's PyTorch loop (`benchmarks.report.speed_table`), between that file's
+``speed-table`` markers: the README's speed numbers are never typed. ``--dry-run``
 runs each configuration once at tiny sizes (the gpu profile's on a CPU too), prints the
 report and writes only to ``--output``; its numbers mean nothing, and it is never
 written into benchmarks/. No file names a path of the machine (data dir, checkout,
@@ -99,7 +102,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument(
         "--baseline-tree", help="a checkout of another commit: each worker runs from it too"
     )
+    parser.add_argument(
+        "--readme",
+        help="also write a full CPU run's summary between this file's speed-table markers",
+    )
     args = parser.parse_args(argv)
+    if args.readme and (args.dry_run or args.baseline_tree or args.only or args.profile != "cpu"):
+        parser.error("--readme takes a full CPU run (no --dry-run, --only, --baseline-tree)")
     if args.render:
         return args, []
     if not args.data_dir:
@@ -337,6 +346,13 @@ def output_path(args: argparse.Namespace) -> str | None:
     return os.path.join(BENCH_DIR, DEFAULT_OUTPUT[args.profile])
 
 
+def _write_readme(results: dict[str, Any], readme_path: str) -> None:
+    """The README's speed table from ``results`` (a full CPU run's, read or measured)."""
+    if results["profile"] != "cpu" or results["dry_run"]:
+        raise errors.ConfigError("--readme takes a full CPU run's results, not a dry or GPU run's")
+    report.write_speed_table(results, readme_path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args, configs = parse_args(argv)
     output = output_path(args)
@@ -346,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open(args.render) as f:
             results = json.load(f)
         report.write_results(results, output, BENCH_DIR)
+        if args.readme:
+            _write_readme(results, args.readme)
         print(report.render_report(results))
         return
     started = time.perf_counter()
@@ -408,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if output:
         report.write_results(results, output, BENCH_DIR)
         log(f"wrote {output}")
+    if args.readme:
+        _write_readme(results, args.readme)
+        log(f"wrote the speed table into {args.readme}")
     print(text)
 
 

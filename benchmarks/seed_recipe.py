@@ -57,6 +57,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks import machine
+from benchmarks.report import replace_between
 from jresnet import safe_files
 from jresnet.errors import ConfigError, run_cli
 
@@ -528,14 +529,6 @@ def seeds_section(info: Mapping[str, Any], markdown: str) -> str:
         f"![eval accuracy per epoch, mean and std]({SEEDS_SUBDIR}/{CURVES_FILE})\n\n"
         f"- {describe(info)}\n"
     )
-
-
-def replace_between(text: str, start_marker: str, end_marker: str, new: str, path: str) -> str:
-    """``text`` with what lies between ``start_marker`` and ``end_marker`` replaced."""
-    start, end = text.find(start_marker), text.find(end_marker)
-    if start < 0 or end < start:
-        raise ConfigError(f"{path} has no {start_marker} ... {end_marker} markers")
-    return text[: start + len(start_marker)] + "\n" + new + text[end:]
 
 
 def report(results_dir: str, readme_path: str | None = None) -> str:

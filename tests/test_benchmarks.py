@@ -151,6 +151,35 @@ def test_dry_run_results_are_not_written_into_benchmarks(tmp_path):
     assert json.loads((tmp_path / "GPU_RESULTS.json").read_text()) == dry
 
 
+def test_the_readmes_speed_table_is_written_from_the_committed_results(tmp_path):
+    with open(os.path.join(ROOT, "benchmarks", "RESULTS.json")) as f:
+        committed = json.load(f)
+    table = report.speed_table(committed)
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert f"{report.SPEED_START}\n{table}{report.SPEED_END}" in f.read()
+    for _, *names in report.SPEED_ROWS:  # every row measured, none "n/a"
+        assert all(report.summarize(committed["runs"], "img_s").get(n) for n in names)
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.SPEED_START}\nold\n{report.SPEED_END}\nafter\n")
+    run.main(
+        [
+            "--render",
+            os.path.join(ROOT, "benchmarks", "RESULTS.json"),
+            "--output",
+            str(tmp_path / "R.md"),
+            "--readme",
+            str(readme),
+        ]
+    )
+    assert readme.read_text() == f"intro\n{report.SPEED_START}\n{table}{report.SPEED_END}\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(errors.ConfigError, match="markers"):
+        report.write_speed_table(committed, str(readme))
+    with pytest.raises(SystemExit):  # a dry run's numbers mean nothing
+        run.parse_args(["--dry-run", "--data-dir", str(tmp_path), "--readme", str(readme)])
+
+
 def _committed_results() -> dict[str, bytes]:
     committed = {}
     for name in ("RESULTS.md", "RESULTS.json"):
