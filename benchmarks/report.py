@@ -36,7 +36,7 @@ from benchmarks.resnet20 import (
     conv_totals,
     resnet20_macs,
 )
-from jresnet import errors
+from jresnet import errors, safe_files
 from jresnet.xla_setup import YNN_FUSION_FLAG
 
 Runs = dict[str, list[dict[str, Any]]]
@@ -624,8 +624,7 @@ def write_speed_table(report: dict[str, Any], readme_path: str) -> None:
     with open(readme_path) as f:
         text = f.read()
     text = replace_between(text, SPEED_START, SPEED_END, speed_table(report), readme_path)
-    with open(readme_path, "w") as f:
-        f.write(text)
+    safe_files.write_bytes(readme_path, text.encode())  # whole or not at all, as seed_recipe
 
 
 def _checked_path(report: dict[str, Any], path: str, bench_dir: str) -> str:
