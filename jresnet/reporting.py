@@ -286,16 +286,31 @@ def describe_run(config: Mapping[str, Any] | Any) -> str:
     )
 
 
+# Seconds between two redraws of curves.png while a run goes on: drawing takes about a
+# second of CPU, nothing beside a real epoch but most of a short run's (tests, smoke runs).
+PLOT_EVERY_S = 60.0
+
+
 class MetricsLog:
     """Per-epoch records in ``metrics.jsonl`` and TensorBoard; the run's summary and plot."""
 
-    def __init__(self, workdir: str, records: list[dict[str, Any]], title: str = ""):
+    def __init__(
+        self,
+        workdir: str,
+        records: list[dict[str, Any]],
+        title: str = "",
+        plot_every_s: float = PLOT_EVERY_S,
+    ):
         """Starts ``metrics.jsonl`` over with ``records``, the history of the resumed state;
-        ``title`` heads the curves (`describe_run`)."""
+        ``title`` heads the curves (`describe_run`), which `write` redraws when
+        ``plot_every_s`` seconds have passed since they were last drawn (or since the start),
+        and `plot` at once."""
         self.workdir = workdir
         self.path = os.path.join(workdir, METRICS_FILE)
         self.title = title
         self.records = [dict(r) for r in records]
+        self.plot_every_s = plot_every_s
+        self._plotted_at = time.monotonic()
         self._writer = None
         if is_main_process():
             safe_files.write_bytes(
@@ -309,7 +324,7 @@ class MetricsLog:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Appends one epoch's record (keys ``epoch``, ``step`` and float metrics) to
-        ``metrics.jsonl`` and TensorBoard, and redraws ``curves.png``."""
+        ``metrics.jsonl`` and TensorBoard, and redraws ``curves.png`` if it is due."""
         self.records.append(dict(record))
         if not is_main_process():
             return
@@ -321,7 +336,8 @@ class MetricsLog:
                 tag, factor = TENSORBOARD_TAGS[key]
                 self._writer.add_scalar(tag, factor * value, record["step"])
         self._writer.flush()
-        self.plot()
+        if time.monotonic() - self._plotted_at >= self.plot_every_s:
+            self.plot()
 
     def add_to_last(self, fields: Mapping[str, Any]) -> None:
         """Adds ``fields`` to the last record and rewrites ``metrics.jsonl`` atomically (the
@@ -351,6 +367,7 @@ class MetricsLog:
         """Writes ``curves.png`` from the records so far; returns its path."""
         if not is_main_process() or not self.records:
             return None
+        self._plotted_at = time.monotonic()
         return plot_curves(self.records, os.path.join(self.workdir, CURVES_FILE), self.title)
 
     def close(self) -> None:

@@ -681,6 +681,7 @@ def train_and_evaluate(
             printer.epoch_done(record, recipe.num_epochs)
             progress = EpochProgress()
             if stop.requested() and epoch + 1 < recipe.num_epochs:
+                log.plot()
                 raise InterruptedRun(
                     f"{stop.signal_name} after epoch {epoch + 1} (step {record['step']}); its "
                     "checkpoint is saved: rerun the same command to resume from it"

@@ -9,6 +9,7 @@ weights, TFDS's data dir): tests write nothing under ``$HOME`` (tests/test_herme
 """
 
 import atexit
+import fcntl
 import json
 import os
 import shutil
@@ -52,14 +53,35 @@ TINY = {
 }
 
 
+def session_dir(tmp_path_factory) -> Path:
+    """The temporary directory of the whole test session, shared by its pytest-xdist
+    workers (each worker's own base directory is one level below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``SESSION/name``, made by ``make(path)`` once per test session however many xdist
+    workers ask for it: the first one makes it under a file lock, the others wait for it
+    and reuse it. Costly fixtures (training runs) use it; tests must only read the result
+    (or copy it)."""
+    path = session_dir(tmp_path_factory) / name
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = Path(f"{path}.done")
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a worker that failed half-way
+            path.mkdir()
+            make(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> str:
     """The session's JAX compilation cache directory (in-process runs use it at once),
     shared by the pytest-xdist workers of the session."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # base is the worker's own: use the session's
-        base = base.parent
-    path = str(base / "jax-cache")
+    path = str(session_dir(tmp_path_factory) / "jax-cache")
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     os.environ["JRESNET_TEST_COMPILATION_CACHE"] = path
@@ -69,8 +91,7 @@ def compilation_cache(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """A CIFAR-10 in TFDS format with 64 train and 40 test images (learnable: the red
-    channel carries the label)."""
-    path = tmp_path_factory.mktemp("tfds")
+    channel carries the label), one for the session: read it, never write into it."""
     rng = np.random.default_rng(0)
 
     def split(n):
@@ -79,8 +100,10 @@ def data_dir(tmp_path_factory) -> str:
         images[..., 0] = np.clip(images[..., 0] // 2 + 12 * labels[:, None, None], 0, 255)
         return images, labels
 
-    tiny_data.write_dataset(str(path), "cifar10", {"train": split(64), "test": split(40)})
-    return str(path)
+    def write(path):
+        tiny_data.write_dataset(str(path), "cifar10", {"train": split(64), "test": split(40)})
+
+    return str(made_once(tmp_path_factory, "tfds", write))
 
 
 def _hermetic(config: dict) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jresnet import checkpoint, errors, input_pipeline, main
-from tests.conftest import REPO, TINY, tiny_config, train_command
+from tests.conftest import REPO, TINY, made_once, tiny_config, train_command
 from tests.test_input_pipeline import damage
 
 _config = tiny_config
@@ -48,23 +48,30 @@ def _interrupted(cmd, how):
 CLI = {"steps_per_call": 3}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, data_dir):
-    """``(workdir, result)`` of one uninterrupted ``train.py`` run, which the kill and signal
-    tests must end equal to (a subprocess too: train.py's XLA flags change rounding)."""
-    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = _run(_cli(workdir, data_dir, **CLI))
-    assert result.returncode == 0, result.stderr
-    return workdir, result
+    """``(workdir, stderr)`` of one uninterrupted ``train.py`` run, which the kill and signal
+    tests must end equal to (a subprocess too: train.py's XLA flags change rounding). One
+    run for the session (all xdist workers): tests read it or copy it."""
+
+    def train(path):
+        result = _run(_cli(path / "run", data_dir, **CLI))
+        assert result.returncode == 0, result.stderr
+        (path / "stderr.txt").write_text(result.stderr)
+
+    path = made_once(tmp_path_factory, "uninterrupted", train)
+    return path / "run", (path / "stderr.txt").read_text()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_epoch(tmp_path_factory, data_dir):
-    """The work directory of one finished 1-epoch `main.run`: tests that only read it use
-    it as it is, tests that train on in it take a `copy_of` it."""
-    workdir = tmp_path_factory.mktemp("one-epoch") / "run"
-    assert main.run(_config(data_dir, num_epochs=1), str(workdir)) == 0
-    return workdir
+    """The work directory of one finished 1-epoch `main.run`, one for the session: tests
+    that only read it use it as it is, tests that train on in it take a `copy_of` it."""
+
+    def train(path):
+        assert main.run(_config(data_dir, num_epochs=1), str(path / "run")) == 0
+
+    return made_once(tmp_path_factory, "one-epoch", train) / "run"
 
 
 def copy_of(workdir, tmp_path):
@@ -73,27 +80,26 @@ def copy_of(workdir, tmp_path):
 
 
 def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(uninterrupted):
-    workdir, result = uninterrupted
-    tmp_path = workdir.parent
-    compiling = result.stderr.index("compiling the train step, 2 steps per call (resnet8")
-    assert "a rerun loads it from the compilation cache in" in result.stderr[compiling:]
-    assert result.stderr.count("compiling the train step") == 1  # one program: 2 + 2
-    assert "compiled 2 train step(s) per call in" in result.stderr  # before training
-    assert result.stderr.index("compiled 2") < result.stderr.index("epoch 1/3 step")
-    assert "Finished 3 epochs (12 steps)" in result.stderr
+    workdir, stderr = uninterrupted
+    compiling = stderr.index("compiling the train step, 2 steps per call (resnet8")
+    assert "a rerun loads it from the compilation cache in" in stderr[compiling:]
+    assert stderr.count("compiling the train step") == 1  # one program: 2 + 2
+    assert "compiled 2 train step(s) per call in" in stderr  # before training
+    assert stderr.index("compiled 2") < stderr.index("epoch 1/3 step")
+    assert "Finished 3 epochs (12 steps)" in stderr
     for noise in ("tracked_metric", "Variant folder", "Unknown size", "error:"):
-        assert noise not in result.stderr  # a quiet console
+        assert noise not in stderr  # a quiet console
     for text in ("epoch 1/3 step 2/4", "epoch 3/3 done", "eval acc", "img/s", "ETA", "Finished"):
-        assert text in result.stderr
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+        assert text in stderr
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert [r["step"] for r in records] == [4, 8, 12]
     assert all(r["eval_count"] == 40 for r in records)  # every test image, none twice
     assert records[0]["learning_rate"] == pytest.approx(0.1)
     assert records[1]["learning_rate"] == pytest.approx(0.075)  # cosine stepped per epoch
-    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["12", "4", "8"]
+    assert (workdir / "curves.png").stat().st_size > 0
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "4", "8"]
 
 
 def test_kill_9_inside_a_save_and_rerun_ends_with_exactly_the_uninterrupted_parameters(

@@ -138,8 +138,8 @@ def test_tensorboard_tags_are_grouped_in_percent_against_the_global_step(tmp_pat
     assert all("/" in tag for tag in written)
 
 
-def test_curves_are_rewritten_after_every_epoch(tmp_path):
-    log = reporting.MetricsLog(str(tmp_path), [], title="resnet8 seed 0")
+def test_curves_are_rewritten_after_an_epoch_when_due(tmp_path):
+    log = reporting.MetricsLog(str(tmp_path), [], title="resnet8 seed 0", plot_every_s=0)
     log.write(_record(1, 0.3))
     first = (tmp_path / "curves.png").read_bytes()
     log.write(_record(2, 0.5))
@@ -150,6 +150,16 @@ def test_curves_are_rewritten_after_every_epoch(tmp_path):
         "metrics.jsonl",
         "tensorboard",
     ]  # no temporary file left
+
+
+def test_quick_epochs_redraw_no_curves_until_the_end(tmp_path):
+    log = reporting.MetricsLog(str(tmp_path), [], plot_every_s=3600)
+    log.write(_record(1, 0.3))
+    log.write(_record(2, 0.5))
+    assert not (tmp_path / "curves.png").exists()  # not due yet
+    log.plot()  # the end of the run (or its interruption) draws them at once
+    log.close()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_curves_have_a_title_integer_epochs_log_loss_percent_and_learning_rate():

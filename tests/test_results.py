@@ -25,7 +25,7 @@ from jresnet import (
     results,
     steps,
 )
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, made_once, tiny_config
 
 HONEST = {"train_split": "train[:48]", "eval_split": "train[48:]", "test_split": "test"}
 
@@ -38,14 +38,18 @@ def _accuracy_of_checkpoint(workdir, step, data_dir):
     return float(np.mean(np.argmax(probabilities, axis=-1) == labels))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, data_dir):
-    """``(workdir, stderr)`` of a finished 3-epoch run with a validation and a test split
-    (the tests that rerun it work on copies)."""
-    workdir = str(tmp_path_factory.mktemp("finished") / "run")
-    with contextlib.redirect_stderr(io.StringIO()) as err:
-        assert main.run(tiny_config(data_dir, **HONEST), workdir) == 0
-    return workdir, err.getvalue()
+    """``(workdir, stderr)`` of a finished 3-epoch run with a validation and a test split,
+    one for the session (the tests that rerun it work on copies)."""
+
+    def train(path):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main.run(tiny_config(data_dir, **HONEST), str(path / "run")) == 0
+        (path / "stderr.txt").write_text(err.getvalue())
+
+    path = made_once(tmp_path_factory, "finished", train)
+    return str(path / "run"), (path / "stderr.txt").read_text()
 
 
 def _copy(workdir, tmp_path):
