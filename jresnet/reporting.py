@@ -291,6 +291,26 @@ def describe_run(config: Mapping[str, Any] | Any) -> str:
 PLOT_EVERY_S = 60.0
 
 
+def _summary_writer(logdir: str) -> Any:
+    """A ``tensorboardX.SummaryWriter`` for ``logdir``, imported without PyTorch.
+
+    tensorboardX, not CLU's metric writers or flax.metrics.tensorboard: both import
+    TensorFlow, which jresnet does not need anywhere else. tensorboardX imports PyTorch
+    when it is installed (only to accept its tensors, which jresnet never passes), seconds
+    of a run's start-up: unless something imported it already, it is hidden during the
+    import (a ``None`` in ``sys.modules`` makes ``import torch`` fail), then shown again.
+    """
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
+
+
 class MetricsLog:
     """Per-epoch records in ``metrics.jsonl`` and TensorBoard; the run's summary and plot."""
 
@@ -316,11 +336,7 @@ class MetricsLog:
             safe_files.write_bytes(
                 self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode()
             )
-            # tensorboardX, not CLU's metric writers or flax.metrics.tensorboard: both
-            # import TensorFlow, which jresnet does not need anywhere else.
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            self._writer = _summary_writer(os.path.join(workdir, TENSORBOARD_DIR))
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Appends one epoch's record (keys ``epoch``, ``step`` and float metrics) to

@@ -79,11 +79,17 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> str:
-    """The session's JAX compilation cache directory (in-process runs use it at once),
-    shared by the pytest-xdist workers of the session."""
+    """The session's JAX compilation cache directory, shared by the pytest-xdist workers
+    and every subprocess (through the environment), holding every program compiled,
+    however quick: most of the suite's time is XLA compiling the same small programs
+    (ResNet-8 steps, and op by op the random numbers of each initialisation) in each
+    process."""
     path = str(session_dir(tmp_path_factory) / "jax-cache")
     os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
+    settings = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
     os.environ["JRESNET_TEST_COMPILATION_CACHE"] = path
     return path
 

@@ -4,12 +4,14 @@ import errno
 import io
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 from jresnet import errors, reporting
 from jresnet.configs import default
+from tests.conftest import REPO
 
 
 def _record(epoch, eval_accuracy):
@@ -43,6 +45,21 @@ def test_metrics_log_writes_jsonl_tensorboard_and_summary(tmp_path):
     assert summary["final_eval_accuracy"] == 0.5
     assert summary["best_eval_accuracy"] == 0.6 and summary["best_epoch"] == 2
     assert "best 60.00% (epoch 2)" in reporting.format_summary(summary)
+
+
+def test_the_tensorboard_writer_does_not_import_pytorch(tmp_path):
+    pytest.importorskip("torch")  # what tensorboardX would import
+    code = (
+        "import sys\nfrom jresnet import reporting\n"
+        f"reporting.MetricsLog({str(tmp_path)!r}, []).close()\n"
+        "print('torch' in sys.modules)\nimport torch\nprint(torch.tensor(1).item())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "1"]  # not imported, and importable after
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_resume_rewrites_the_file_from_the_checkpoints_history(tmp_path):
