@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jresnet import models, results  # noqa: E402
+from jresnet import main, models, results  # noqa: E402
 from jresnet.configs import default  # noqa: E402
 from jresnet.testing import tiny_data  # noqa: E402
 
@@ -112,6 +112,23 @@ def data_dir(tmp_path_factory) -> str:
     return str(made_once(tmp_path_factory, "tfds", write))
 
 
+@pytest.fixture(scope="session")
+def one_epoch(tmp_path_factory, data_dir) -> Path:
+    """The work directory of one finished 1-epoch `main.run` (`tiny_config`), one for the
+    session: tests that only read it use it as it is, tests that train on in it or change
+    it take a `copy_of` it."""
+
+    def train(path):
+        assert main.run(tiny_config(data_dir, num_epochs=1), str(path / "run")) == 0
+
+    return made_once(tmp_path_factory, "one-epoch", train) / "run"
+
+
+def copy_of(workdir, tmp_path) -> str:
+    """A copy of ``workdir`` as ``tmp_path/run`` (a str)."""
+    return str(shutil.copytree(workdir, tmp_path / "run"))
+
+
 def _hermetic(config: dict) -> dict:
     return {"compilation_cache_dir": os.environ["JRESNET_TEST_COMPILATION_CACHE"], **config}
 
@@ -143,6 +160,12 @@ def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.Comp
         timeout=timeout,
         check=False,
     )
+
+
+def random_normal(shape, seed: int = 0, dtype=jnp.float32) -> jax.Array:
+    """Standard normal test data of ``shape``, drawn by NumPy: ``jax.random`` would compile
+    an XLA program for each new shape, seconds of CPU for a test's data alone."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def model_with_random_statistics(shortcut: str = "B", num_classes: int = 10, seed: int = 0):

@@ -13,6 +13,7 @@ import pytest
 from jresnet import checkpoint, models
 from jresnet.configs import default
 from jresnet.errors import TrainingDivergedError
+from tests.conftest import random_normal
 
 
 def _config(**overrides):
@@ -233,7 +234,7 @@ def test_load_model_rebuilds_the_saved_architecture(tmp_path):
     checkpoint.save_pretrained(tmp_path, state, _config(shortcut="A"))
     model, variables = checkpoint.load_model(tmp_path)
     assert model.shortcut == "A" and models.depth_of(model) == 8 and model.num_classes == 10
-    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    x = random_normal((2, 32, 32, 3), seed=2)
     expected = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x)
     np.testing.assert_array_equal(model.apply(variables, x), expected)
 

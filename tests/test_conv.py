@@ -10,6 +10,7 @@ import pytest
 from jax import lax
 
 from jresnet import conv
+from tests.conftest import random_normal
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -21,19 +22,14 @@ def _grads(conv_fn, x, kernel, stride, padding):
         return conv_fn(x, kernel, (stride, stride), padding, dimension_numbers=NHWC)
 
     y, vjp = jax.vjp(f, x, kernel)
-    cotangent = jax.random.normal(jax.random.key(9), y.shape, y.dtype)
-    return (y, *vjp(cotangent))
-
-
-def _random(shape, dtype=jnp.float64, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape, dtype)
+    return (y, *vjp(random_normal(y.shape, seed=9, dtype=y.dtype)))
 
 
 @pytest.mark.parametrize("size,c_in,c_out", [(8, 3, 5), (6, 4, 4), (2, 2, 3)])
 def test_stride2_gradients_equal_lax_in_float64(size, c_in, c_out):
     with jax.enable_x64():
-        x = _random((3, size, size, c_in))
-        kernel = _random((3, 3, c_in, c_out), seed=1)
+        x = random_normal((3, size, size, c_in), dtype=jnp.float64)
+        kernel = random_normal((3, 3, c_in, c_out), seed=1, dtype=jnp.float64)
         ours = _grads(conv.conv_general_dilated, x, kernel, 2, ((1, 1), (1, 1)))
         reference = _grads(lax.conv_general_dilated, x, kernel, 2, ((1, 1), (1, 1)))
     for a, b in zip(ours, reference, strict=True):
@@ -53,8 +49,8 @@ def test_phases_reach_every_input_pixel_from_the_right_taps():
 
 
 def test_float32_stride2_input_gradient_within_rounding_of_lax():
-    x = _random((4, 16, 16, 8), jnp.float32)
-    kernel = _random((3, 3, 8, 16), jnp.float32, seed=1)
+    x = random_normal((4, 16, 16, 8))
+    kernel = random_normal((3, 3, 8, 16), seed=1)
     ours = _grads(conv.conv_general_dilated, x, kernel, 2, ((1, 1), (1, 1)))
     reference = _grads(lax.conv_general_dilated, x, kernel, 2, ((1, 1), (1, 1)))
     np.testing.assert_array_equal(ours[0], reference[0])  # the forward pass is lax's own
@@ -67,8 +63,8 @@ def test_float32_stride2_input_gradient_within_rounding_of_lax():
     [(8, 1, ((1, 1), (1, 1))), (7, 2, ((1, 1), (1, 1))), (8, 2, "SAME"), (8, 2, ((0, 1), (0, 1)))],
 )
 def test_other_convolutions_are_lax_exactly(size, stride, padding):
-    x = _random((2, size, size, 3), jnp.float32)
-    kernel = _random((3, 3, 3, 4), jnp.float32, seed=1)
+    x = random_normal((2, size, size, 3))
+    kernel = random_normal((3, 3, 3, 4), seed=1)
     ours = _grads(conv.conv_general_dilated, x, kernel, stride, padding)
     reference = _grads(lax.conv_general_dilated, x, kernel, stride, padding)
     for a, b in zip(ours, reference, strict=True):
@@ -81,8 +77,8 @@ def _convolutions_with_dilated_input(fn, *args) -> int:
 
 
 def test_cpu_input_gradient_has_no_zero_dilated_convolution():
-    x = _random((2, 8, 8, 3), jnp.float32)
-    kernel = _random((3, 3, 3, 4), jnp.float32, seed=1)
+    x = random_normal((2, 8, 8, 3))
+    kernel = random_normal((3, 3, 3, 4), seed=1)
 
     def loss(conv_fn):
         return lambda x: jnp.sum(
@@ -94,7 +90,7 @@ def test_cpu_input_gradient_has_no_zero_dilated_convolution():
 
 
 def test_flax_conv_with_it_keeps_parameters_and_dtype():
-    x = _random((2, 8, 8, 3), jnp.float32)
+    x = random_normal((2, 8, 8, 3))
     plain = nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False)
     ours = plain.clone(conv_general_dilated=conv.conv_general_dilated)
     variables = plain.init(jax.random.key(0), x)

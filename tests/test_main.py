@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jresnet import checkpoint, errors, input_pipeline, main
-from tests.conftest import REPO, TINY, made_once, tiny_config, train_command
+from tests.conftest import REPO, TINY, copy_of, made_once, tiny_config, train_command
 from tests.test_input_pipeline import damage
 
 _config = tiny_config
@@ -64,19 +64,14 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
-def one_epoch(tmp_path_factory, data_dir):
-    """The work directory of one finished 1-epoch `main.run`, one for the session: tests
-    that only read it use it as it is, tests that train on in it take a `copy_of` it."""
+def three_epochs(tmp_path_factory, data_dir):
+    """The work directory of one finished 3-epoch `main.run` (the tiny config), one for the
+    session: tests read it or take a `copy_of` it."""
 
     def train(path):
-        assert main.run(_config(data_dir, num_epochs=1), str(path / "run")) == 0
+        assert main.run(_config(data_dir), str(path / "run")) == 0
 
-    return made_once(tmp_path_factory, "one-epoch", train) / "run"
-
-
-def copy_of(workdir, tmp_path):
-    """A copy of ``workdir`` as ``tmp_path/run`` (a str)."""
-    return str(shutil.copytree(workdir, tmp_path / "run"))
+    return made_once(tmp_path_factory, "three-epochs", train) / "run"
 
 
 def test_train_cli_outputs_progress_metrics_curves_and_checkpoints(uninterrupted):
@@ -134,15 +129,14 @@ def test_sigterm_stops_inside_an_epoch_saves_and_resumes_exactly(tmp_path, data_
 
 
 @pytest.mark.slow
-def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys):
-    assert main.run(_config(data_dir), str(tmp_path / "a")) == 0
+def test_resume_in_process_equals_uninterrupted(tmp_path, data_dir, capsys, three_epochs):
     assert main.run(_config(data_dir, num_epochs=1), str(tmp_path / "b")) == 0
     capsys.readouterr()
     assert main.run(_config(data_dir), str(tmp_path / "b")) == 0
     assert "recipe differs from the checkpoint's" in capsys.readouterr().err
     # The 1-epoch run used the 1-epoch schedule for its epoch, which has the
     # same lr (0.1) in epoch 1 as the 3-epoch one, so the runs must agree.
-    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(tmp_path / "a"))
+    chex.assert_trees_all_equal(_variables(tmp_path / "b"), _variables(three_epochs))
 
 
 def test_eval_only_reports_the_checkpoint_metrics(tmp_path, data_dir, capsys, one_epoch):
@@ -324,10 +318,10 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_writes_nothing(tmp_path, 
 
 
 def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_run_completes(
-    tmp_path, data_dir, capsys
+    tmp_path, data_dir, capsys, three_epochs
 ):
     workdir = tmp_path / "run"
-    assert main.run(_config(data_dir), str(workdir)) == 0
+    copy_of(three_epochs, tmp_path)
     finished = _variables(workdir)
     data = max(
         (workdir / "checkpoints" / "12" / "state").rglob("*"), key=lambda p: p.stat().st_size

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jresnet import models, torch_layouts
+from tests.conftest import random_normal
 
 # He et al. 2016 CIFAR ResNets as PyTorch counts them (sum of p.numel()).
 PARAM_COUNTS = {
@@ -99,7 +100,7 @@ def test_variable_names_and_shapes() -> None:
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads() -> None:
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))
+    x = random_normal((2, 8, 8, 16), seed=1)
     y = models.option_a_shortcut(x, planes=32)
     assert y.shape == (2, 4, 4, 32)
     np.testing.assert_array_equal(y[..., 8:24], x[:, ::2, ::2, :])
@@ -176,7 +177,7 @@ _JAXLIB = tuple(int(part) for part in jax.lib.__version__.split(".")[:2])
     strict=False,
 )
 def test_bfloat16_forward_close_to_float32() -> None:
-    x = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+    x = random_normal((4, 32, 32, 3), seed=2)
     f32 = models.create_model("resnet8")
     variables = jax.jit(f32.init)(jax.random.key(0), x)
     bf16 = models.create_model("resnet8", dtype=jnp.bfloat16)

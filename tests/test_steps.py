@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from jresnet import torch_layouts  # noqa: E402  (needs torch)
 from jresnet.testing import stablehlo_loops, torch_reference  # noqa: E402
+from tests.conftest import random_normal  # noqa: E402
 
 
 def _config(**overrides):
@@ -204,7 +205,7 @@ def test_optimizer_is_coupled_weight_decay_then_momentum():
 def test_eval_step_counts_only_masked_examples():
     model = models.create_model("resnet8")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    x = random_normal((4, 32, 32, 3), seed=1)
     labels = jnp.array([0, 1, 2, 3])
     full = steps.eval_step(
         variables, {"image": x, "label": labels, "mask": jnp.ones(4)}, model=model

@@ -12,7 +12,7 @@ from PIL import Image
 from jresnet import checkpoint, convert, errors, export, main, predict, torch_layouts, weights
 from jresnet.configs import default
 from jresnet.errors import WeightsError
-from tests.conftest import REPO, model_with_random_statistics, tiny_config
+from tests.conftest import REPO, copy_of, model_with_random_statistics, tiny_config
 from tests.state_dicts import (
     akamaster_layout,
     assert_trees_equal,
@@ -192,9 +192,8 @@ def test_init_from_a_file_trains_its_architecture_and_normalization(
     assert_trees_equal(trained["params"], expected["params"])  # lr 0
 
 
-def test_eval_only_reuses_the_recorded_data_dir(tmp_path, data_dir, capsys) -> None:
-    workdir = str(tmp_path / "run")
-    assert main.run(tiny_config(data_dir, num_epochs=1), workdir) == 0
+def test_eval_only_reuses_the_recorded_data_dir(tmp_path, data_dir, capsys, one_epoch) -> None:
+    workdir = copy_of(one_epoch, tmp_path)
     capsys.readouterr()
     config = tiny_config(str(tmp_path / "not_prepared"), eval_only=True)
     config.data_dir = default.get_config().data_dir  # as if --config.data_dir was not given
