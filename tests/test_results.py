@@ -7,7 +7,6 @@ of 16 training images as the eval split and the 40 test images as the test split
 import contextlib
 import io
 import json
-import shutil
 import subprocess
 
 import numpy as np
@@ -25,7 +24,7 @@ from jresnet import (
     results,
     steps,
 )
-from tests.conftest import REPO, made_once, tiny_config
+from tests.conftest import REPO, copy_of, made_once, tiny_config
 
 HONEST = {"train_split": "train[:48]", "eval_split": "train[48:]", "test_split": "test"}
 
@@ -50,12 +49,6 @@ def finished_run(tmp_path_factory, data_dir):
 
     path = made_once(tmp_path_factory, "finished", train)
     return str(path / "run"), (path / "stderr.txt").read_text()
-
-
-def _copy(workdir, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy)
-    return copy
 
 
 def test_end_of_run_test_accuracy_equals_an_independent_evaluation_of_the_checkpoints(
@@ -89,7 +82,8 @@ def test_end_of_run_test_accuracy_equals_an_independent_evaluation_of_the_checkp
 def test_a_finished_run_rerun_trains_nothing_and_keeps_its_results(
     finished_run, data_dir, tmp_path, capsys
 ):
-    workdir = _copy(finished_run[0], tmp_path)
+    workdir = tmp_path / "run"
+    copy_of(finished_run[0], tmp_path)
     before = {name: (workdir / name).read_bytes() for name in ("results.json", "metrics.jsonl")}
     with checkpoint.create_manager(str(workdir), read_only=True) as manager:
         steps_before = manager.all_steps()
@@ -104,7 +98,7 @@ def test_a_finished_run_rerun_trains_nothing_and_keeps_its_results(
 def test_a_rerun_with_another_test_split_evaluates_it_and_rewrites_results(
     finished_run, data_dir, tmp_path, capsys
 ):
-    workdir = str(_copy(finished_run[0], tmp_path))
+    workdir = copy_of(finished_run[0], tmp_path)
     assert main.run(tiny_config(data_dir, **{**HONEST, "test_split": ""}), workdir) == 0
     saved = results.read(workdir)
     assert saved["final_test_accuracy"] is None and saved["best_test_accuracy"] is None
@@ -116,7 +110,7 @@ def test_a_rerun_with_another_test_split_evaluates_it_and_rewrites_results(
 
 
 def test_a_test_split_that_is_the_eval_split_warns(finished_run, data_dir, tmp_path, capsys):
-    workdir = str(_copy(finished_run[0], tmp_path))
+    workdir = copy_of(finished_run[0], tmp_path)
     assert main.run(tiny_config(data_dir, **{**HONEST, "eval_split": "test"}), workdir) == 0
     assert "is also the eval split" in capsys.readouterr().err
 

@@ -45,14 +45,13 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
-head_s=$(echo "${times[head]}" | median)
-base_s=$(echo "${times[base]}" | median)
+declare -A medians
 echo "| commit | tests | median wall (s) | rounds (s) |"
 echo "|---|---:|---:|---|"
 for side in base head; do
-  m=$(echo "${times[$side]}" | median)
-  echo "| ${commit[$side]} | ${counts[$side]% passed} | $(printf %.0f "$m") | $(echo "${times[$side]}" | xargs) |"
+  medians[$side]=$(echo "${times[$side]}" | median)
+  echo "| ${commit[$side]} | ${counts[$side]% passed} | $(printf %.0f "${medians[$side]}") | $(echo "${times[$side]}" | xargs) |"
 done
 echo
-echo "ratio ${commit[head]} / ${commit[base]}: $(awk "BEGIN {printf \"%.2f\", $head_s / $base_s}")x;" \
+echo "ratio ${commit[head]} / ${commit[base]}: $(awk "BEGIN {printf \"%.2f\", ${medians[head]} / ${medians[base]}}")x;" \
   "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, Python $(python3 -V | cut -d' ' -f2), $(date -u +%F)"
