@@ -24,10 +24,11 @@ Command lines::
 ``VENV``: it copies the complete records of ``WORKDIR/metrics.jsonl`` and writes
 ``run-info.json`` with the run's config (from jresnet's newest checkpoint, or
 ``config.json`` of a `benchmarks.torch_seed` work directory), ``git -C CLONE rev-parse
-HEAD``, the package versions of ``VENV``, this machine's CPU model and core count, the
-training time summed over the records and the median images/s. When a jresnet run has
-finished, it also exports its final weights with ``python -m jresnet.convert WORKDIR
-OUT.safetensors`` and evaluates that file on the test split with ``train.py
+HEAD``, the package versions of ``VENV``, this machine's CPU model and core count (and, for
+a run moved between machines with `benchmarks.run_state`, which machine ran which epochs:
+`machines`), the training time summed over the records and the median images/s. When a
+jresnet run has finished, it also exports its final weights with ``python -m jresnet.convert
+WORKDIR OUT.safetensors`` and evaluates that file on the test split with ``train.py
 --config.eval_only=True --config.init_from=OUT.safetensors`` (both with ``VENV`` in
 ``CLONE``), recording whether its accuracy equals the last record's.
 
@@ -263,6 +264,47 @@ def where_it_ran(clone: str, venv: str, command: str) -> dict[str, Any]:
     }
 
 
+def machines(
+    previous: tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]] | None,
+    info: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Which machine ran which epochs: ``[{"cpu", "cores", "epochs": [first, last]}, ...]``.
+
+    A run packed on one machine and unpacked on another (`benchmarks.run_state`) spans
+    both. The epochs that an earlier snapshot of the same run attributed keep their
+    machine; the epochs since then are given to this snapshot's machine
+    (``info["machine"]``), so snapshot a run before it moves. ``previous`` is that earlier
+    snapshot's ``(run info, records)``; it is the same run when its commit is
+    ``info["commit"]`` and its records begin ``records`` (same epochs and accuracies).
+    """
+    if not records:
+        return []
+    here = {**info["machine"], "epochs": [records[0]["epoch"], records[-1]["epoch"]]}
+    before_info, before = previous or ({}, [])
+    same_run = (
+        before_info.get("commit") == info["commit"]
+        and 0 < len(before) <= len(records)
+        and all(
+            (a["epoch"], a["eval_accuracy"]) == (b["epoch"], b["eval_accuracy"])
+            for a, b in zip(before, records, strict=False)
+        )
+    )
+    if not same_run:
+        return [here]
+    # Snapshots older than this field ran on the one machine they name.
+    spans = [dict(span) for span in before_info.get("machines") or []] or [
+        {**before_info["machine"], "epochs": [before[0]["epoch"], before[-1]["epoch"]]}
+    ]
+    if len(records) > len(before):
+        last = spans[-1]
+        if (last["cpu"], last["cores"]) == (here["cpu"], here["cores"]):
+            last["epochs"] = [last["epochs"][0], records[-1]["epoch"]]
+        else:
+            spans.append({**here, "epochs": [records[len(before)]["epoch"], records[-1]["epoch"]]})
+    return spans
+
+
 def snapshot(
     name: str,
     workdir: str,
@@ -290,6 +332,7 @@ def snapshot(
         **where_it_ran(clone, venv, command),
         **summary,
     }
+    info["machines"] = machines(load_runs(results_dir).get(name), info, records)
     if weights and summary["finished"] and implementation == "jresnet":
         info["weights"] = export_and_check_weights(
             workdir,
@@ -392,12 +435,21 @@ def table(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]
 
 
 def describe(info: Mapping[str, Any], data_prefix: str = "") -> str:
-    """One sentence of `where_it_ran`'s fields: command, commit, machine, versions, data."""
+    """One sentence of `where_it_ran`'s fields: command, commit, machine (each machine and
+    its epochs, for a run that moved), versions, data."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     modified = " (with uncommitted changes)" if info.get("clone_modified") else ""
+    spans = info.get("machines") or []
+    if len(spans) > 1:  # a run that moved between machines (benchmarks.run_state)
+        where = "; ".join(
+            f"epochs {m['epochs'][0]}-{m['epochs'][1]} on {m['cpu']}, {m['cores']} cores"
+            for m in spans
+        )
+    else:
+        where = f"{info['machine']['cpu']}, {info['machine']['cores']} cores"
     return (
         f"`{info['command']}` at commit `{info['commit']}`{modified}; "
-        f"{info['machine']['cpu']}, {info['machine']['cores']} cores; {versions}; "
+        f"{where}; {versions}; "
         f"{data_prefix}{info['data']}; snapshot of {info['snapshot_utc']}."
     )
 

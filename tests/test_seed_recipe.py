@@ -108,6 +108,42 @@ def test_snapshot_copies_complete_records_and_describes_the_run(snapshots):
     assert torch_info["implementation"] == "pytorch" and torch_info["finished"]
 
 
+def test_snapshots_of_a_run_that_moved_say_which_machine_ran_which_epochs(
+    snapshots, tmp_path, monkeypatch
+):
+    results = snapshots[0]
+    workdir = tmp_path / "jresnet-workdir"
+    first = json.loads((results / "seed-recipe" / "jresnet" / "run-info.json").read_text())
+    assert first["machines"] == [{**first["machine"], "epochs": [1, 5]}]
+
+    def snapshot_on(cpu, epochs):
+        monkeypatch.setattr(
+            seed_recipe.machine, "machine_info", lambda: {"cpu": cpu, "logical_cpus": 2}
+        )
+        write_records(workdir / "metrics.jsonl", synthetic_records(epochs, 0))
+        seed_recipe.snapshot(
+            "jresnet", str(workdir), str(tmp_path / "clone"), sys.prefix, "run", str(results)
+        )
+        return json.loads((results / "seed-recipe" / "jresnet" / "run-info.json").read_text())
+
+    snapshot_on("Other CPU", 8)  # the run was packed and unpacked on another machine
+    info = snapshot_on("Other CPU", 9)
+    spans = [(m["cpu"], m["cores"], m["epochs"]) for m in info["machines"]]
+    first_machine = (first["machine"]["cpu"], first["machine"]["cores"])
+    assert spans == [(*first_machine, [1, 5]), ("Other CPU", 2, [6, 9])]
+    seed_recipe.report(str(results))
+    assert "epochs 1-5 on" in (results / "README.md").read_text()
+    assert "epochs 6-9 on Other CPU, 2 cores" in (results / "README.md").read_text()
+
+    # Another run in the same place (other records: restarted from scratch) starts afresh.
+    write_records(workdir / "metrics.jsonl", synthetic_records(3, 7))
+    seed_recipe.snapshot(
+        "jresnet", str(workdir), str(tmp_path / "clone"), sys.prefix, "run", str(results)
+    )
+    info = json.loads((results / "seed-recipe" / "jresnet" / "run-info.json").read_text())
+    assert [(m["cpu"], m["epochs"]) for m in info["machines"]] == [("Other CPU", [1, 3])]
+
+
 def table_row(text, label):
     (row,) = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
     return [cell.strip() for cell in row.strip("|").split("|")]
