@@ -35,8 +35,13 @@ command_of() {
     echo "python -m benchmarks.torch_seed train --workdir $RUNS/pytorch-seed --data_dir $RUNS/tfds"
   fi
 }
-# The command as results/ records it: $HOME written ~.
-recorded_command() { local command; command=$(command_of "$1"); echo "${command//$HOME/\~}"; }
+# The command as results/ records it: $HOME written ~ (and $HOME after a '=').
+recorded_command() {
+  local command
+  command=$(command_of "$1")
+  command=${command//=$HOME/=\$HOME}
+  echo "${command//$HOME/\~}"
+}
 running() { pgrep -f -- "--workdir $(workdir_of "$1")( |$)" >/dev/null; }
 
 # Epochs recorded in a work directory's metrics.jsonl (its last complete line), 0 if none.
@@ -74,10 +79,10 @@ setup() {
     git clone -q "$REPO" "$clone" && git -C "$clone" checkout -q "$commit"
   fi
   if [ ! -x "$VENV/bin/python" ]; then
-    echo "creating $VENV (pip install -c constraints.txt -e \"$clone[bench,export]\")"
+    echo "creating $VENV (pip install -c constraints.txt -e \"${clone}[bench,export]\")"
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -c "$clone/constraints.txt" -e "$clone[bench,export]"
+    "$VENV/bin/pip" install -q -c "$clone/constraints.txt" -e "${clone}[bench,export]"
   fi
   if [ ! -d "$RUNS/tfds/cifar10" ]; then
     (cd "$clone" && "$VENV/bin/python" -m jresnet.prepare_data --from "$CIFAR10_JPEG" \
