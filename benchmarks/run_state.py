@@ -58,7 +58,7 @@ from benchmarks import machine, seed_recipe
 from jresnet import safe_files
 from jresnet.errors import ConfigError, run_cli
 
-RESUME_DIR = "resume"
+RESUME_DIR = seed_recipe.RESUME_SUBDIR
 STATE_FILE = "state.json"
 # jresnet.checkpoint.CHECKPOINT_DIR, benchmarks.torch_seed.CHECKPOINT_FILE and CONFIG_FILE
 # (not imported: they load JAX and PyTorch, which copying files does not need).

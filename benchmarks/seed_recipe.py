@@ -66,6 +66,7 @@ SUBDIR = "seed-recipe"
 METRICS_FILE = "metrics.jsonl"  # jresnet.reporting.METRICS_FILE (not imported: it loads JAX)
 RUN_INFO_FILE = "run-info.json"
 CURVES_FILE = "curves.png"
+RESUME_SUBDIR = "resume"  # an unfinished run's packed state (benchmarks.run_state)
 README_FILE = "README.md"
 TABLE_START = "<!-- seed-recipe-table:start -->"
 TABLE_END = "<!-- seed-recipe-table:end -->"
@@ -509,8 +510,11 @@ def plot(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]
     plt.close(fig)
 
 
-def readme(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:
-    """results/README.md."""
+def readme(
+    runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+    packed: Sequence[str] = (),
+) -> str:
+    """results/README.md; ``packed``: the runs whose state waits in `RESUME_SUBDIR`."""
     in_progress = any(
         name not in runs
         or not summarize(runs[name][1], int(runs[name][0]["num_epochs"]))["finished"]
@@ -521,6 +525,12 @@ def readme(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any
         if in_progress
         else ""
     )
+    if packed:
+        note += (
+            "The newest state of each unfinished run is packed in "
+            + ", ".join(f"`{SUBDIR}/{name}/{RESUME_SUBDIR}/`" for name in packed)
+            + " (`python -m benchmarks.run_state`), so that it can go on on another machine.\n\n"
+        )
     return (
         "# Results\n\n"
         "<!-- Written by `python -m benchmarks.seed_recipe report results` from the files "
@@ -590,7 +600,8 @@ def report(results_dir: str, readme_path: str | None = None) -> str:
     os.makedirs(os.path.join(results_dir, SUBDIR), exist_ok=True)
     plot(runs, os.path.join(results_dir, SUBDIR, CURVES_FILE))
     seeds = seeds_table(results_dir)
-    results_readme = readme(runs) + (seeds_section(*seeds) if seeds else "")
+    packed = [n for n in RUNS if os.path.isdir(os.path.join(results_dir, SUBDIR, n, RESUME_SUBDIR))]
+    results_readme = readme(runs, packed) + (seeds_section(*seeds) if seeds else "")
     _write_text(os.path.join(results_dir, README_FILE), results_readme)
     markdown = table(runs)
     if readme_path:

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import run_state, torch_checkpoint, torch_seed
+from benchmarks import run_state, seed_recipe, torch_checkpoint, torch_seed
 from jresnet import checkpoint, main, reporting
 from jresnet.errors import ConfigError
 from tests.conftest import copy_of, run_module, tiny_config
@@ -68,6 +68,9 @@ def test_pack_replaces_the_previous_state_with_the_newest_checkpoint(one_epoch, 
     packed = os.path.join(results, "seed-recipe", "jresnet", "resume")
     assert os.listdir(os.path.join(packed, "checkpoints")) == [str(newest + 1)]
     assert sorted(os.listdir(os.path.dirname(packed))) == ["resume"]  # nothing left over
+    seed_recipe.report(results)
+    readme = open(os.path.join(results, "README.md")).read()
+    assert "packed in `seed-recipe/jresnet/resume/`" in readme
 
 
 def test_unpack_refuses_a_workdir_that_holds_a_run_and_changes_nothing(one_epoch, tmp_path):
