@@ -2,49 +2,55 @@
 
 The seed recipe's runs (`benchmarks.seed_recipe`) take longer than one sitting at a machine,
 and the machine of the next sitting may be another one with an empty disk: the only thing
-that travels is the repository. ``pack`` copies a run's newest resumable state into it,
-``unpack`` puts it into a new work directory, and the run's own command, rerun there,
-resumes from it (both runs resume exactly from their saved state).
+that travels is the repository. ``pack`` copies a run's resumable state into it, ``unpack``
+puts it into a work directory, and the run's own command, rerun there, resumes from it
+(both runs resume exactly from their saved state).
 
 Layout under a results directory::
 
-    RESULTS/seed-recipe/NAME/resume/state.json       what was packed, when, from which machine,
-                                                     and the SHA-256 of every file
-    RESULTS/seed-recipe/NAME/resume/checkpoints/STEP/   jresnet: the newest complete Orbax
-                                                     checkpoint of the work directory, as is
-    RESULTS/seed-recipe/NAME/resume/checkpoint.pt    benchmarks.torch_seed: its checkpoint
-    RESULTS/seed-recipe/NAME/resume/config.json      ... and its config
+    RESULTS/seed-recipe/NAME/resume/state.json     what was packed, when, on which machine,
+                                                   at which commit, the SHA-256 of each file
+    RESULTS/seed-recipe/NAME/resume/metrics.jsonl  the run's complete epoch records
+    RESULTS/seed-recipe/NAME/resume/checkpoints/STEP/   jresnet: its newest complete Orbax
+                                                   checkpoint and its best one (by eval
+                                                   accuracy, the one its retention keeps)
+    RESULTS/seed-recipe/NAME/resume/checkpoint.pt  benchmarks.torch_seed: its checkpoint
+    RESULTS/seed-recipe/NAME/resume/config.json    ... and its config
 
 Command lines::
 
-    python -m benchmarks.run_state pack NAME WORKDIR [--results results]
+    python -m benchmarks.run_state pack NAME WORKDIR [--clone CLONE] [--results results]
     python -m benchmarks.run_state unpack NAME WORKDIR [--results results]
 
-``pack`` may run while the run goes: jresnet renames each checkpoint into place once it is
-complete and torch_seed replaces ``checkpoint.pt`` by a rename, so what it copies is whole;
-each copy is checked against its source's SHA-256 afterwards (a checkpoint deleted or
-replaced during the copy makes ``pack`` fail: pack again). The new ``resume/`` is written
-beside the old one and swapped in, so a failed pack leaves the previous one as it was.
-A jresnet checkpoint carries the run's metrics history, and torch_seed's carries its
-records, so the resumed run rewrites ``metrics.jsonl`` whole (TensorBoard's event files
-are not carried: the resumed run's start there with its first epoch).
+``pack`` only reads ``WORKDIR`` and may run while the run goes: jresnet renames each
+checkpoint into place once it is complete and torch_seed replaces ``checkpoint.pt`` by a
+rename, so what it copies is whole, and each copy is checked against its source afterwards
+(a checkpoint deleted or replaced during the copy makes ``pack`` fail: pack again). The new
+``resume/`` is written beside the old one and swapped in by two renames; a pack stopped in
+between leaves the previous one in ``.resume-old-*/``, which the next pack puts back
+before it starts. ``--clone`` records the commit of the clone that runs the code.
 
-``unpack`` checks every file against ``state.json`` and copies them into ``WORKDIR``
-(created if needed), each put in place by a rename. It refuses a work directory that
-already holds a run's state (a jresnet checkpoint, a ``checkpoint.pt``): mixing two runs'
-states would make one of them resume from the other's.
+``unpack`` checks every file against ``state.json`` and, holding the work directory's lock
+(`jresnet.workdir`: never under a live run), puts them in place, each by a rename. A work
+directory that already holds a run's state is kept as it is when it is the same run further
+along (its records begin with the packed ones, at a later step or epoch), and otherwise moved
+aside to ``WORKDIR.before-unpack-TIME`` (kept, never deleted) before unpacking: two runs'
+states are never mixed, and no run goes back.
 
-On another CPU, XLA and PyTorch may pick other kernels and round differently, so the rest of
-the run is the continuation of the same state on that machine, not bit for bit what the
-first machine would have computed; ``seed_recipe snapshot`` records which machine ran which
-epochs. Once a run has finished, its ``resume/`` is no longer needed (its results are the
-records and the final weights): remove it with ``git rm -r``.
+What is not carried: TensorBoard's event files (the resumed run's begin with its first epoch
+there), and jresnet's checkpoints other than the newest and the best. On another CPU, XLA
+and PyTorch may choose other kernels and round differently, so the rest of the run is the
+continuation of the same state on that machine, not bit for bit what the first machine would
+have computed; ``seed_recipe snapshot`` records which machine ran which epochs. Once a run
+has finished, its ``resume/`` is no longer needed: ``git rm -r`` it (every packed state stays
+in the history).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -54,16 +60,21 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks import machine, seed_recipe
+from benchmarks import seed_recipe
 from jresnet import safe_files
+from jresnet import workdir as workdir_lib
 from jresnet.errors import ConfigError, run_cli
 
-RESUME_DIR = seed_recipe.RESUME_SUBDIR
+RESUME = seed_recipe.RESUME_SUBDIR
 STATE_FILE = "state.json"
-# jresnet.checkpoint.CHECKPOINT_DIR, benchmarks.torch_seed.CHECKPOINT_FILE and CONFIG_FILE
-# (not imported: they load JAX and PyTorch, which copying files does not need).
+METRICS_FILE = seed_recipe.METRICS_FILE
+# jresnet.checkpoint.CHECKPOINT_DIR and BEST_METRIC, Orbax's file of a checkpoint's metrics,
+# benchmarks.torch_seed's CHECKPOINT_FILE and CONFIG_FILE (not imported: they load JAX and
+# PyTorch, which copying files does not need).
 JRESNET_CHECKPOINTS = "checkpoints"
-TORCH_FILES = ("config.json", "checkpoint.pt")  # the checkpoint last: it makes the state
+BEST_METRIC = "eval_accuracy"
+ORBAX_METRICS = os.path.join("metrics", "metrics")
+TORCH_CONFIG, TORCH_CHECKPOINT = "config.json", "checkpoint.pt"
 
 
 def _sha256(path: str) -> str:
@@ -74,103 +85,156 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _jresnet_steps(workdir: str) -> list[int]:
-    """The steps of the complete checkpoints in ``workdir`` (Orbax gives an unfinished
-    one a suffix: its name is not a number)."""
+def jresnet_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in ``workdir``, oldest first (Orbax names an
+    unfinished one ``STEP.orbax-checkpoint-tmp-*``: not a number)."""
     directory = os.path.join(workdir, JRESNET_CHECKPOINTS)
     if not os.path.isdir(directory):
         return []
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def state_files(name: str, workdir: str) -> list[str]:
-    """The files (relative to ``workdir``) that make run ``name``'s newest resumable state:
-    every file of jresnet's newest complete checkpoint, or torch_seed's config and
-    checkpoint. Raises `ConfigError` if ``workdir`` holds none."""
+def _best_step(workdir: str, steps: Sequence[int]) -> int | None:
+    """The step of the kept checkpoint with the highest eval accuracy (the newest of equal
+    ones); None if none has one (a mid-epoch save has no metrics)."""
+    scored = []
+    for step in steps:
+        path = os.path.join(workdir, JRESNET_CHECKPOINTS, str(step), ORBAX_METRICS)
+        try:
+            with open(path) as f:
+                scored.append((json.load(f)[BEST_METRIC], step))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(scored)[1] if scored else None
+
+
+def state_files(name: str, workdir: str) -> tuple[list[int], list[str]]:
+    """``(steps, files)`` of run ``name``'s resumable state in ``workdir``: for jresnet the
+    steps packed (the best, then the newest) and every file of their checkpoints; for
+    torch_seed no steps, its config and checkpoint. Paths relative to ``workdir``. Raises
+    `ConfigError` if ``workdir`` holds no such state."""
     if name == "jresnet":
-        steps = _jresnet_steps(workdir)
+        steps = jresnet_steps(workdir)
         if not steps:
             raise ConfigError(
-                f"{workdir} holds no complete jresnet checkpoint (no {JRESNET_CHECKPOINTS}/STEP/): "
-                "give the --workdir of a jresnet run, after its first checkpoint"
+                f"{workdir} holds no complete jresnet checkpoint (no {JRESNET_CHECKPOINTS}/STEP/):"
+                " give the --workdir of a jresnet run, after its first checkpoint"
             )
-        root = os.path.join(JRESNET_CHECKPOINTS, str(steps[-1]))
-        return sorted(
+        best = _best_step(workdir, steps)
+        packed = sorted({steps[-1], best if best is not None else steps[-1]})
+        files = [
             os.path.relpath(os.path.join(directory, file), workdir)
-            for directory, _, files in os.walk(os.path.join(workdir, root))
-            for file in files
-        )
+            for step in packed
+            for directory, _, names in os.walk(
+                os.path.join(workdir, JRESNET_CHECKPOINTS, str(step))
+            )
+            for file in names
+        ]
+        if not files:  # the newest was deleted while being listed
+            raise ConfigError(f"{workdir}'s checkpoints changed while being listed; pack again")
+        return packed, sorted(files)
     if name == "pytorch":
-        missing = [f for f in TORCH_FILES if not os.path.exists(os.path.join(workdir, f))]
+        missing = [
+            f
+            for f in (TORCH_CONFIG, TORCH_CHECKPOINT)
+            if not os.path.exists(os.path.join(workdir, f))
+        ]
         if missing:
             raise ConfigError(
                 f"{workdir} has no {' or '.join(missing)}: give the --workdir of a "
                 "benchmarks.torch_seed run, after its first epoch"
             )
-        return list(TORCH_FILES)
+        return [], [TORCH_CONFIG, TORCH_CHECKPOINT]
     raise ConfigError(f"unknown run name {name!r}; one of {', '.join(seed_recipe.RUNS)}")
 
 
-def held_state(name: str, workdir: str) -> str | None:
-    """What of a run's state ``workdir`` holds, in words, or None if nothing."""
-    if name == "jresnet" and _jresnet_steps(workdir):
-        return f"jresnet checkpoints up to step {_jresnet_steps(workdir)[-1]}"
-    if name == "pytorch" and os.path.exists(os.path.join(workdir, TORCH_FILES[-1])):
-        return TORCH_FILES[-1]
+def progress(name: str, workdir: str) -> int:
+    """How far the run in ``workdir`` got: jresnet's newest checkpoint step, or the epochs
+    of torch_seed's records (its checkpoint is saved just before each record is written)."""
+    if name == "jresnet":
+        steps = jresnet_steps(workdir)
+        return steps[-1] if steps else 0
+    return len(seed_recipe.read_records(os.path.join(workdir, METRICS_FILE)))
+
+
+def held_state(workdir: str) -> str | None:
+    """What run state ``workdir`` holds, of either run, in words; None if none."""
+    steps = jresnet_steps(workdir)
+    if steps:
+        return f"jresnet checkpoints up to step {steps[-1]}"
+    if os.path.exists(os.path.join(workdir, TORCH_CHECKPOINT)):
+        return f"a torch_seed {TORCH_CHECKPOINT}"
     return None
 
 
 def resume_dir(results_dir: str, name: str) -> str:
-    return os.path.join(results_dir, seed_recipe.SUBDIR, name, RESUME_DIR)
+    return os.path.join(results_dir, seed_recipe.SUBDIR, name, RESUME)
 
 
-def pack(name: str, workdir: str, results_dir: str) -> dict[str, Any]:
-    """Copies run ``name``'s newest resumable state from ``workdir`` into
-    ``results_dir/seed-recipe/NAME/resume/`` (replacing what was there) with its
-    ``state.json``; returns that. Only reads ``workdir``."""
-    files = state_files(name, workdir)
-    out = resume_dir(results_dir, name)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{RESUME_DIR}-", dir=os.path.dirname(out))
+def _tidy(parent: str) -> None:
+    """Leftovers of packs that were stopped: puts back a previous ``resume/`` that a pack
+    stopped between its two renames left in ``.resume-old-*/``, removes the rest."""
+    target = os.path.join(parent, RESUME)
+    for old in sorted(glob.glob(os.path.join(parent, f".{RESUME}-old-*"))):
+        if not os.path.exists(target) and os.path.isdir(os.path.join(old, RESUME)):
+            os.replace(os.path.join(old, RESUME), target)
+        shutil.rmtree(old)
+    for staging in glob.glob(os.path.join(parent, f".{RESUME}-new-*")):
+        shutil.rmtree(staging)
+
+
+def _copy_checked(source: str, copy: str) -> str:
+    """Copies ``source`` to ``copy``; returns the copy's SHA-256, which must be the source's
+    after the copy (`ConfigError` if the file changed or vanished meanwhile)."""
+    os.makedirs(os.path.dirname(copy), exist_ok=True)
     try:
-        digests = {}
+        shutil.copyfile(source, copy)
+        digest = _sha256(copy)
+        unchanged = _sha256(source) == digest
+    except FileNotFoundError:
+        unchanged = False
+    if not unchanged:
+        raise ConfigError(f"{source} changed while it was copied (the run saved); pack again")
+    return digest
+
+
+def pack(name: str, workdir: str, results_dir: str, clone: str | None = None) -> dict[str, Any]:
+    """Copies run ``name``'s resumable state and records from ``workdir`` into
+    ``results_dir/seed-recipe/NAME/resume/`` (replacing what was there) with its
+    ``state.json``; returns that. Only reads ``workdir`` (and ``clone``)."""
+    # The records first: a checkpoint saved meanwhile is newer, and its resume rewrites them.
+    records = seed_recipe.read_records(os.path.join(workdir, METRICS_FILE))
+    steps, files = state_files(name, workdir)
+    out = resume_dir(results_dir, name)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    _tidy(parent)
+    staging = tempfile.mkdtemp(prefix=f".{RESUME}-new-", dir=parent)
+    try:
+        metrics = "".join(json.dumps(r) + "\n" for r in records).encode()
+        safe_files.write_bytes(os.path.join(staging, METRICS_FILE), metrics)
+        digests = {METRICS_FILE: hashlib.sha256(metrics).hexdigest()}
         for file in files:
-            source, copy = os.path.join(workdir, file), os.path.join(staging, file)
-            os.makedirs(os.path.dirname(copy), exist_ok=True)
-            try:
-                shutil.copyfile(source, copy)
-                same = _sha256(source) == _sha256(copy)
-            except FileNotFoundError:
-                same = False
-            if not same:
-                raise ConfigError(
-                    f"{source} changed while it was copied (the run saved meanwhile); pack again"
-                )
-            digests[file] = _sha256(copy)
-        records = seed_recipe.read_records(os.path.join(workdir, seed_recipe.METRICS_FILE))
-        cpu = machine.machine_info()
+            digests[file] = _copy_checked(os.path.join(workdir, file), os.path.join(staging, file))
         info = {
             "name": name,
             "workdir": os.path.abspath(workdir),
-            "epochs_recorded": records[-1]["epoch"] if records else 0,
-            "machine": {"cpu": cpu["cpu"], "cores": cpu["logical_cpus"]},
-            "packed_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
-                "%Y-%m-%d %H:%M UTC"
-            ),
+            "commit": seed_recipe.clone_commit(clone) if clone else None,
+            "epochs_recorded": len(records),
+            "progress": steps[-1] if steps else len(records),
+            "steps": steps,
+            "machine": seed_recipe.this_machine(),
+            "packed_utc": seed_recipe.utc_now(),
             "sha256": digests,
         }
-        if name == "jresnet":
-            info["step"] = int(files[0].split(os.sep)[1])
         safe_files.write_bytes(
             os.path.join(staging, STATE_FILE), (json.dumps(info, indent=2) + "\n").encode()
         )
-        old = None
+        old = tempfile.mkdtemp(prefix=f".{RESUME}-old-", dir=parent)
         if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{RESUME_DIR}-old-", dir=os.path.dirname(out))
-            os.replace(out, os.path.join(old, RESUME_DIR))
+            os.replace(out, os.path.join(old, RESUME))
         os.replace(staging, out)
-        if old:
-            shutil.rmtree(old)
+        shutil.rmtree(old)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
@@ -190,46 +254,68 @@ def read_state(results_dir: str, name: str) -> dict[str, Any]:
         info = json.load(f)
     for file, digest in info["sha256"].items():
         copy = os.path.join(packed, file)
-        if not os.path.exists(copy) or _sha256(copy) != digest:
+        if not os.path.exists(copy):
+            raise ConfigError(f"{copy} is missing: check out {packed} again")
+        if _sha256(copy) != digest:
             raise ConfigError(
-                f"{copy} is {'missing' if not os.path.exists(copy) else 'not what was packed'} "
-                "(SHA-256 differs from state.json): check out the results directory again"
+                f"{copy} is not what was packed (its SHA-256 differs from {STATE_FILE}'s): "
+                f"check out {packed} again"
             )
     return info
+
+
+def _continues(name: str, workdir: str, info: dict[str, Any], results_dir: str) -> bool:
+    """Whether ``workdir`` holds the packed run further along (or as far): its own state of
+    the same kind, its records beginning with the packed ones, at least at its progress."""
+    if held_state(workdir) is None or not (
+        progress(name, workdir) >= info["progress"] and progress(name, workdir) > 0
+    ):
+        return False
+    packed = seed_recipe.read_records(os.path.join(resume_dir(results_dir, name), METRICS_FILE))
+    return seed_recipe.begins_with(
+        seed_recipe.read_records(os.path.join(workdir, METRICS_FILE)), packed
+    )
 
 
 def unpack(name: str, workdir: str, results_dir: str) -> dict[str, Any]:
-    """Copies run ``name``'s packed state into ``workdir``, which must hold no run state;
-    returns its ``state.json``. Rerunning the run's command in ``workdir`` resumes from it."""
+    """Puts run ``name``'s packed state into ``workdir`` (see the module docstring); returns
+    its ``state.json`` with ``outcome``: what was done, in words. Rerunning the run's command
+    in ``workdir`` then resumes it."""
     info = read_state(results_dir, name)
-    held = held_state(name, workdir)
-    if held:
-        raise ConfigError(
-            f"{workdir} already holds a run's state ({held}); unpacking would mix two runs' "
-            "states. Resume that run with its own command, or unpack into another work "
-            "directory (or move this one aside first)"
-        )
-    os.makedirs(workdir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".unpack-", dir=workdir)
-    try:
-        for file in info["sha256"]:
-            os.makedirs(os.path.dirname(os.path.join(staging, file)), exist_ok=True)
-            shutil.copyfile(
-                os.path.join(resume_dir(results_dir, name), file), os.path.join(staging, file)
-            )
-        # One rename puts the state in place: jresnet's checkpoint directory, or torch_seed's
-        # config and then its checkpoint (`TORCH_FILES` order).
-        tops = [os.path.join(JRESNET_CHECKPOINTS, str(info["step"]))] if "step" in info else []
-        for top in tops or list(TORCH_FILES):
-            os.makedirs(os.path.dirname(os.path.join(workdir, top)), exist_ok=True)
-            os.replace(os.path.join(staging, top), os.path.join(workdir, top))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return info
+    packed = resume_dir(results_dir, name)
+    path = workdir_lib.prepare(workdir)
+    with workdir_lib.locked(path):  # refuses a workdir that a live run holds
+        held = held_state(path)
+        if held and _continues(name, path, info, results_dir):
+            return {**info, "outcome": f"kept {path}: it holds the same run further along"}
+        aside = None
+        if held:
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            aside = f"{path}.before-unpack-{stamp}"
+            os.rename(path, aside)  # the lock file goes with it: the lock is released below
+    if aside:
+        path = workdir_lib.prepare(workdir)
+    with workdir_lib.locked(path):
+        staging = tempfile.mkdtemp(prefix=".unpack-", dir=path)
+        try:
+            for file in info["sha256"]:
+                os.makedirs(os.path.dirname(os.path.join(staging, file)), exist_ok=True)
+                shutil.copyfile(os.path.join(packed, file), os.path.join(staging, file))
+            # One rename per piece, the records first and what makes the state last: the
+            # best checkpoint before the newest, torch_seed's config before its checkpoint.
+            pieces = [os.path.join(JRESNET_CHECKPOINTS, str(step)) for step in info["steps"]]
+            for piece in [METRICS_FILE, *(pieces or [TORCH_CONFIG, TORCH_CHECKPOINT])]:
+                os.makedirs(os.path.dirname(os.path.join(path, piece)), exist_ok=True)
+                os.replace(os.path.join(staging, piece), os.path.join(path, piece))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    moved = f"moved {held} aside to {aside}, then " if aside else ""
+    return {**info, "outcome": f"{moved}unpacked into {path}"}
 
 
-def _where(info: dict[str, Any]) -> str:
-    step = f"step {info['step']}, " if "step" in info else ""
+def describe(info: dict[str, Any]) -> str:
+    """``state.json`` in words: how far, when, where."""
+    step = f"step {info['steps'][-1]}, " if info["steps"] else ""
     return (
         f"{step}{info['epochs_recorded']} epochs recorded; packed {info['packed_utc']} on "
         f"{info['machine']['cpu']}, {info['machine']['cores']} cores"
@@ -241,14 +327,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.run_state", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for command, text in (
-        ("pack", "copy a run's newest resumable state into RESULTS/seed-recipe/NAME/resume/"),
-        ("unpack", "copy the packed state into a work directory, to resume the run there"),
-    ):
-        sub = commands.add_parser(command, help=text)
+    pack_parser = commands.add_parser(
+        "pack", help="copy a run's resumable state into RESULTS/seed-recipe/NAME/resume/"
+    )
+    unpack_parser = commands.add_parser(
+        "unpack", help="put the packed state into a work directory, to resume the run there"
+    )
+    for sub in (pack_parser, unpack_parser):
         sub.add_argument("name", choices=list(seed_recipe.RUNS))
         sub.add_argument("workdir")
         sub.add_argument("--results", default="results")
+    pack_parser.add_argument("--clone", help="the clone that runs the code (its commit is kept)")
     return parser
 
 
@@ -257,14 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def job() -> None:
         if args.command == "pack":
-            info = pack(args.name, args.workdir, args.results)
-            print(f"packed {args.name} into {resume_dir(args.results, args.name)}: {_where(info)}")
+            info = pack(args.name, args.workdir, args.results, args.clone)
+            print(
+                f"packed {args.name} into {resume_dir(args.results, args.name)}: {describe(info)}"
+            )
         else:
             info = unpack(args.name, args.workdir, args.results)
-            print(
-                f"unpacked {args.name} into {args.workdir} ({_where(info)}); rerun its command "
-                "there to resume"
-            )
+            print(f"{info['outcome']} ({describe(info)}); rerun the run's command to resume")
 
     return run_cli(job)
 

@@ -246,23 +246,46 @@ def _write_text(path: str, text: str) -> None:
     safe_files.write_bytes(path, text.encode())
 
 
+def this_machine() -> dict[str, Any]:
+    """This machine's ``{"cpu": model, "cores": logical CPUs}``."""
+    info = machine.machine_info()
+    return {"cpu": info["cpu"], "cores": info["logical_cpus"]}
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def clone_commit(clone: str) -> str:
+    """The commit checked out in ``clone``."""
+    return _run(["git", "-C", clone, "rev-parse", "HEAD"]).strip()
+
+
 def where_it_ran(clone: str, venv: str, command: str) -> dict[str, Any]:
     """What a run-info.json says of any run: ``command``, ``commit`` (and ``clone_modified``)
     of the pinned ``clone``, the ``versions`` of ``venv``, this ``machine``'s CPU and cores,
     the ``data`` and the time of the snapshot."""
-    cpu = machine.machine_info()
     return {
         "command": command,
-        "commit": _run(["git", "-C", clone, "rev-parse", "HEAD"]).strip(),
+        "commit": clone_commit(clone),
         # --no-optional-locks: git status must not refresh the clone's index file.
         "clone_modified": bool(
             _run(["git", "--no-optional-locks", "-C", clone, "status", "--porcelain"]).strip()
         ),
         "versions": venv_versions(venv),
-        "machine": {"cpu": cpu["cpu"], "cores": cpu["logical_cpus"]},
+        "machine": this_machine(),
         "data": DATA,
-        "snapshot_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "snapshot_utc": utc_now(),
     }
+
+
+def begins_with(records: Sequence[Mapping[str, Any]], head: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``records`` begin with the records ``head`` (same epochs and accuracies): the
+    later records of the same run, not another run's."""
+    return len(head) <= len(records) and all(
+        (a["epoch"], a["eval_accuracy"]) == (b["epoch"], b["eval_accuracy"])
+        for a, b in zip(head, records, strict=False)
+    )
 
 
 def machines(
@@ -277,21 +300,15 @@ def machines(
     machine; the epochs since then are given to this snapshot's machine
     (``info["machine"]``), so snapshot a run before it moves. ``previous`` is that earlier
     snapshot's ``(run info, records)``; it is the same run when its commit is
-    ``info["commit"]`` and its records begin ``records`` (same epochs and accuracies).
+    ``info["commit"]`` and ``records`` begin with its records (`begins_with`).
     """
     if not records:
         return []
     here = {**info["machine"], "epochs": [records[0]["epoch"], records[-1]["epoch"]]}
     before_info, before = previous or ({}, [])
-    same_run = (
-        before_info.get("commit") == info["commit"]
-        and 0 < len(before) <= len(records)
-        and all(
-            (a["epoch"], a["eval_accuracy"]) == (b["epoch"], b["eval_accuracy"])
-            for a, b in zip(before, records, strict=False)
-        )
-    )
-    if not same_run:
+    if not (
+        before and before_info.get("commit") == info["commit"] and begins_with(records, before)
+    ):
         return [here]
     # Snapshots older than this field ran on the one machine they name.
     spans = [dict(span) for span in before_info.get("machines") or []] or [
@@ -325,6 +342,14 @@ def snapshot(
     records = read_records(os.path.join(workdir, METRICS_FILE))
     summary = summarize(records, int(config["num_epochs"]))
     out_dir = os.path.join(results_dir, SUBDIR, name)
+    previous = load_runs(results_dir).get(name)
+    if previous and begins_with(previous[1], records) and len(records) < len(previous[1]):
+        raise ConfigError(
+            f"{workdir} holds {len(records)} epoch records of the run whose {len(previous[1])} "
+            f"records {out_dir} already holds: it is behind that snapshot, which is kept. "
+            "Unpack the run's packed state there (python -m benchmarks.run_state unpack) or "
+            f"let it catch up; to snapshot another run in its place, remove {out_dir} first"
+        )
     os.makedirs(out_dir, exist_ok=True)
     info = {
         "name": name,
@@ -333,7 +358,7 @@ def snapshot(
         **where_it_ran(clone, venv, command),
         **summary,
     }
-    info["machines"] = machines(load_runs(results_dir).get(name), info, records)
+    info["machines"] = machines(previous, info, records)
     if weights and summary["finished"] and implementation == "jresnet":
         info["weights"] = export_and_check_weights(
             workdir,

@@ -144,6 +144,33 @@ def test_snapshots_of_a_run_that_moved_say_which_machine_ran_which_epochs(
     assert [(m["cpu"], m["epochs"]) for m in info["machines"]] == [("Other CPU", [1, 3])]
 
 
+def test_snapshot_refuses_to_go_back_to_fewer_records_of_the_same_run(snapshots, tmp_path):
+    results = snapshots[0]
+    workdir = tmp_path / "jresnet-workdir"
+    kept = (results / "seed-recipe" / "jresnet" / "metrics.jsonl").read_text()
+    for records in (synthetic_records(3, 0), []):  # behind, or no records yet (just unpacked)
+        write_records(workdir / "metrics.jsonl", records)
+        with pytest.raises(ConfigError, match="it is behind that snapshot, which is kept"):
+            seed_recipe.snapshot(
+                "jresnet", str(workdir), str(tmp_path / "clone"), sys.prefix, "run", str(results)
+            )
+        assert (results / "seed-recipe" / "jresnet" / "metrics.jsonl").read_text() == kept
+
+
+def test_a_snapshot_from_before_the_machines_field_is_continued(tmp_path):
+    records = synthetic_records(4, 0)
+    old = {"commit": "c", "machine": {"cpu": "Old CPU", "cores": 4}}  # no "machines"
+    info = {"commit": "c", "machine": {"cpu": "New CPU", "cores": 2}}
+    spans = seed_recipe.machines((old, records[:2]), info, records)
+    assert spans == [
+        {"cpu": "Old CPU", "cores": 4, "epochs": [1, 2]},
+        {"cpu": "New CPU", "cores": 2, "epochs": [3, 4]},
+    ]
+    assert seed_recipe.machines((old, records[:2]), {**info, "commit": "d"}, records) == [
+        {"cpu": "New CPU", "cores": 2, "epochs": [1, 4]}
+    ]
+
+
 def table_row(text, label):
     (row,) = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
     return [cell.strip() for cell in row.strip("|").split("|")]
