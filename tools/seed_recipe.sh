@@ -2,32 +2,39 @@
 # The seed recipe's two long runs (README "Results") across sittings and machines.
 #
 #   bash tools/seed_recipe.sh start    # set up what this machine lacks, then (re)start the run
-#   bash tools/seed_recipe.sh stop     # pause it, snapshot, pack its state, write the report
-#   bash tools/seed_recipe.sh status   # which run, how far, running or not
+#   bash tools/seed_recipe.sh stop     # pause it, pack its state, snapshot, write the report
+#   bash tools/seed_recipe.sh status   # how far each run got, running or not
 #
 # The runs go one after the other: jresnet's, then the seed's PyTorch loop. `start` makes,
 # where missing, the data dir (python -m jresnet.prepare_data), the run's clone pinned at its
-# commit (the one results/seed-recipe/NAME/run-info.json names when a packed state waits in
-# results/seed-recipe/NAME/resume/, else this repository's HEAD), a venv for it, and, where
-# the work directory is missing and a packed state waits, unpacks it
-# (python -m benchmarks.run_state); then it starts the run's command in the background
-# (nohup, output appended to RUNS/NAME.log) unless it runs already or has finished. `stop`
-# sends the run SIGTERM (jresnet saves inside the epoch; both resume exactly), waits for it,
-# then writes results/ and README.md's table (benchmarks.seed_recipe snapshot and report)
-# and packs the state: commit results/ and README.md after it. Run it from the repository
-# root. RUNS (default ~/runs) holds everything, VENV (default RUNS/venv) is the runs' venv,
-# CIFAR10_JPEG the tarball to prepare.
+# commit (the one its packed state in results/seed-recipe/NAME/resume/ names, else this
+# repository's HEAD for a new run) and a venv; puts the packed state into the work directory
+# (python -m benchmarks.run_state unpack: a work directory with the same run further along is
+# kept, any other moved aside); then starts the run's command in the background (nohup,
+# output appended to RUNS/NAME.log) unless it is running or has finished. It refuses to start
+# afresh a run that results/ holds unfinished without a packed state (FRESH=1 to do so).
+# `stop` sends the running run SIGTERM and waits for it (jresnet saves inside the epoch;
+# torch_seed loses the epoch in progress), packs its state (with the records), snapshots it
+# into results/ and writes the report and README.md's table (benchmarks.seed_recipe): commit
+# results/ and README.md after it. Run it from the repository root.
+# Settings: RUNS (default ~/runs) holds everything, VENV (default RUNS/venv) is the runs'
+# venv, RESULTS (default results) the results directory, CIFAR10_JPEG the tarball to
+# prepare, PYTHON the interpreter that makes the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 RUNS=${RUNS:-$HOME/runs}
-CIFAR10_JPEG=${CIFAR10_JPEG:-$REPO/../shared/data/cifar10_jpeg.tar.gz}
 VENV=${VENV:-$RUNS/venv}
+RESULTS=${RESULTS:-results}
+CIFAR10_JPEG=${CIFAR10_JPEG:-$REPO/../shared/data/cifar10_jpeg.tar.gz}
 PY=${PYTHON:-python3}
+EPOCHS=200 # the seed recipe's
+STOP_TIMEOUT_S=600
 
-clone_of() { [ "$1" = jresnet ] && echo "$RUNS/code" || echo "$RUNS/code-torch"; }
+clone_of() { if [ "$1" = jresnet ]; then echo "$RUNS/code"; else echo "$RUNS/code-torch"; fi; }
 workdir_of() { echo "$RUNS/$1-seed"; }
-# The exact command each run is started with (and that its snapshot records).
+results_of() { echo "$RESULTS/seed-recipe/$1"; }
+# The exact command each run is started with.
 command_of() {
   if [ "$1" = jresnet ]; then
     echo "python train.py --workdir $RUNS/jresnet-seed --config.data_dir=$RUNS/tfds"
@@ -42,104 +49,159 @@ recorded_command() {
   command=${command//=$HOME/=\$HOME}
   echo "${command//$HOME/\~}"
 }
-running() { pgrep -f -- "--workdir $(workdir_of "$1")( |$)" >/dev/null; }
 
-# Epochs recorded in a work directory's metrics.jsonl (its last complete line), 0 if none.
-epochs_done() {
-  "$PY" - "$(workdir_of "$1")/metrics.jsonl" <<'EOF'
+# A run holds its work directory's lock (jresnet.workdir) for its whole life, and the lock
+# file names its pid.
+lock_of() { echo "$(workdir_of "$1")/.lock"; }
+running() { [ -f "$(lock_of "$1")" ] && ! flock -n "$(lock_of "$1")" true; }
+pid_of() { sed -n 's/^pid \([0-9]*\) .*/\1/p' "$(lock_of "$1")"; }
+
+# A JSON field of a file, or nothing if the file or the field is missing.
+json_field() {
+  "$PY" - "$1" "$2" <<'EOF'
 import json, os, sys
-path, epoch = sys.argv[1], 0
+path, field = sys.argv[1:]
 if os.path.exists(path):
-    for line in open(path):
-        if line.endswith("\n"):
-            epoch = json.loads(line)["epoch"]
-print(epoch)
+    value = json.load(open(path)).get(field)
+    print("" if value is None else str(value).lower() if isinstance(value, bool) else value)
 EOF
 }
-finished() { [ "$(epochs_done "$1")" -ge 200 ]; }
+# Epochs recorded in a work directory (its metrics.jsonl's complete lines), 0 if none.
+epochs_done() {
+  "$PY" - "$(workdir_of "$1")/metrics.jsonl" <<'EOF'
+import json, sys
+epochs = 0
+try:
+    for line in open(sys.argv[1]):
+        if not line.endswith("\n"):
+            break
+        epochs = json.loads(line)["epoch"]
+except (OSError, ValueError):
+    pass
+print(epochs)
+EOF
+}
+finished() { [ "$(epochs_done "$1")" -ge "$EPOCHS" ]; }
+committed_finished() { [ "$(json_field "$(results_of "$1")/run-info.json" finished)" = true ]; }
 
 # The run to work on: jresnet's until it has finished, then PyTorch's.
 current() {
-  if [ -f "$(workdir_of jresnet)/metrics.jsonl" ] && finished jresnet; then echo pytorch
-  elif [ ! -d "$(workdir_of jresnet)" ] && grep -q '"finished": true' \
-      results/seed-recipe/jresnet/run-info.json 2>/dev/null; then echo pytorch
-  else echo jresnet; fi
+  if finished jresnet || { [ ! -d "$(workdir_of jresnet)" ] && committed_finished jresnet; }; then
+    echo pytorch
+  else
+    echo jresnet
+  fi
 }
 
 setup() {
-  local name=$1 clone commit
+  local name=$1 clone packed commit
   clone=$(clone_of "$name")
-  if [ ! -d "$clone" ]; then
-    commit=$(git rev-parse HEAD)
-    if [ -f "results/seed-recipe/$name/resume/state.json" ]; then
-      commit=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["commit"])' \
-        "results/seed-recipe/$name/run-info.json")
-    fi
-    echo "cloning $REPO at $commit into $clone"
-    git clone -q "$REPO" "$clone" && git -C "$clone" checkout -q "$commit"
+  packed=$(results_of "$name")/resume/state.json
+  if [ ! -f "$packed" ] && [ ! -d "$(workdir_of "$name")" ] && [ -z "${FRESH:-}" ] &&
+    [ -f "$(results_of "$name")/run-info.json" ] && ! committed_finished "$name"; then
+    echo "$(results_of "$name") holds an unfinished run but no packed state (resume/), and" \
+      "$(workdir_of "$name") is missing: nothing to resume. FRESH=1 starts it afresh" \
+      "(its next snapshot replaces the one in results/)." >&2
+    exit 1
   fi
-  if [ ! -x "$VENV/bin/python" ]; then
-    echo "creating $VENV (pip install -c constraints.txt -e \"${clone}[bench,export]\")"
+  if [ ! -d "$clone" ]; then
+    commit=$(json_field "$packed" commit)
+    commit=${commit:-$(git rev-parse HEAD)}
+    echo "cloning $REPO at $commit into $clone"
+    git clone -q "$REPO" "$clone"
+    git -C "$clone" checkout -q "$commit"
+  fi
+  if [ ! -f "$VENV/.installed" ]; then
+    echo "installing $VENV (pip install -c constraints.txt -e \"${clone}[bench,export]\")"
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -c "$clone/constraints.txt" -e "${clone}[bench,export]"
+    touch "$VENV/.installed"
   fi
   if [ ! -d "$RUNS/tfds/cifar10" ]; then
     (cd "$clone" && "$VENV/bin/python" -m jresnet.prepare_data --from "$CIFAR10_JPEG" \
       --data_dir "$RUNS/tfds")
   fi
-  if [ ! -d "$(workdir_of "$name")" ] && [ -f "results/seed-recipe/$name/resume/state.json" ]; then
-    "$VENV/bin/python" -m benchmarks.run_state unpack "$name" "$(workdir_of "$name")"
+  if [ -f "$packed" ]; then
+    "$VENV/bin/python" -m benchmarks.run_state unpack "$name" "$(workdir_of "$name")" \
+      --results "$RESULTS"
   fi
 }
 
 start() {
-  local name
+  local name pid
   name=$(current)
   mkdir -p "$RUNS"
+  if running "$name"; then echo "$name is running ($(epochs_done "$name")/$EPOCHS epochs)"; return; fi
   setup "$name"
-  if running "$name"; then echo "$name is running ($(epochs_done "$name")/200 epochs)"; return; fi
   if finished "$name"; then echo "$name has finished"; return; fi
-  echo "=== start $(date -u) on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ===" \
+  echo "=== start $(date -u) on$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ===" \
     >>"$RUNS/$name.log"
+  cd "$(clone_of "$name")"
   # shellcheck disable=SC2046  # the command's words, as command_of prints them
-  (cd "$(clone_of "$name")" && PATH="$VENV/bin:$PATH" nohup $(command_of "$name") \
-    >>"$RUNS/$name.log" 2>&1 &)
-  echo "started $name after $(epochs_done "$name")/200 epochs; log: $RUNS/$name.log"
+  PATH="$VENV/bin:$PATH" setsid nohup $(command_of "$name") >>"$RUNS/$name.log" 2>&1 &
+  pid=$!
+  cd "$REPO"
+  sleep 15
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "$name did not start; the end of $RUNS/$name.log:" >&2
+    tail -5 "$RUNS/$name.log" >&2
+    exit 1
+  fi
+  echo "started $name (pid $pid) after $(epochs_done "$name")/$EPOCHS epochs; log: $RUNS/$name.log"
 }
 
 stop() {
-  local name
+  local name pid waited failed=0
   for name in jresnet pytorch; do
     [ -d "$(workdir_of "$name")" ] || continue
     if running "$name"; then
-      pkill -TERM -f -- "--workdir $(workdir_of "$name")( |$)" || true
-      while running "$name"; do sleep 2; done
+      pid=$(pid_of "$name")
+      kill -TERM "$pid"
+      waited=0
+      while running "$name"; do
+        if [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
+          echo "$name (pid $pid) still runs after $STOP_TIMEOUT_S s; not packed" >&2
+          exit 1
+        fi
+        sleep 2
+        waited=$((waited + 2))
+      done
       echo "paused $name"
     fi
-    "$VENV/bin/python" -m benchmarks.seed_recipe snapshot "$name" "$(workdir_of "$name")" \
-      --clone "$(clone_of "$name")" --venv "$VENV" --command "$(recorded_command "$name")"
     if finished "$name"; then
-      rm -rf "results/seed-recipe/$name/resume"
+      rm -rf "$(results_of "$name")/resume"
     else
-      "$VENV/bin/python" -m benchmarks.run_state pack "$name" "$(workdir_of "$name")"
+      "$VENV/bin/python" -m benchmarks.run_state pack "$name" "$(workdir_of "$name")" \
+        --clone "$(clone_of "$name")" --results "$RESULTS" || failed=1
     fi
+    "$VENV/bin/python" -m benchmarks.seed_recipe snapshot "$name" "$(workdir_of "$name")" \
+      --clone "$(clone_of "$name")" --venv "$VENV" --command "$(recorded_command "$name")" \
+      --results "$RESULTS" || failed=1
   done
-  "$VENV/bin/python" -m benchmarks.seed_recipe report results --readme README.md
+  "$VENV/bin/python" -m benchmarks.seed_recipe report "$RESULTS" --readme README.md || failed=1
+  if [ "$failed" = 1 ]; then
+    echo "some steps failed (above); fix them before committing results/" >&2
+    exit 1
+  fi
   echo "now commit results/ and README.md; \`bash tools/seed_recipe.sh start\` resumes"
 }
 
 status() {
-  local name
+  local name state
   for name in jresnet pytorch; do
-    local state="not started"
-    [ -d "$(workdir_of "$name")" ] && state="$(epochs_done "$name")/200 epochs"
-    running "$name" && state="$state, running"
+    state="no work directory"
+    [ -d "$(workdir_of "$name")" ] && state="$(epochs_done "$name")/$EPOCHS epochs"
+    running "$name" && state="$state, running (pid $(pid_of "$name"))"
+    [ -f "$(results_of "$name")/resume/state.json" ] && state="$state; a packed state waits"
     echo "$name: $state"
   done
 }
 
 case "${1:-}" in
   start | stop | status) "$1" ;;
-  *) echo "usage: bash tools/seed_recipe.sh start|stop|status" >&2; exit 2 ;;
+  *)
+    echo "usage: bash tools/seed_recipe.sh start|stop|status" >&2
+    exit 2
+    ;;
 esac
