@@ -287,7 +287,10 @@ def unpack(name: str, workdir: str, results_dir: str) -> dict[str, Any]:
     with workdir_lib.locked(path):  # refuses a workdir that a live run holds
         held = held_state(path)
         if held and _continues(name, path, info, results_dir):
-            return {**info, "outcome": f"kept {path}: it holds the same run further along"}
+            return {
+                **info,
+                "outcome": f"kept {path}: it holds the same run, as far along or further",
+            }
         aside = None
         if held:
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")

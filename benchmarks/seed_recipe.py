@@ -342,14 +342,6 @@ def snapshot(
     records = read_records(os.path.join(workdir, METRICS_FILE))
     summary = summarize(records, int(config["num_epochs"]))
     out_dir = os.path.join(results_dir, SUBDIR, name)
-    previous = load_runs(results_dir).get(name)
-    if previous and begins_with(previous[1], records) and len(records) < len(previous[1]):
-        raise ConfigError(
-            f"{workdir} holds {len(records)} epoch records of the run whose {len(previous[1])} "
-            f"records {out_dir} already holds: it is behind that snapshot, which is kept. "
-            "Unpack the run's packed state there (python -m benchmarks.run_state unpack) or "
-            f"let it catch up; to snapshot another run in its place, remove {out_dir} first"
-        )
     os.makedirs(out_dir, exist_ok=True)
     info = {
         "name": name,
@@ -358,6 +350,20 @@ def snapshot(
         **where_it_ran(clone, venv, command),
         **summary,
     }
+    # The same run (its commit, its records) behind the snapshot already there.
+    previous = load_runs(results_dir).get(name)
+    if (
+        previous
+        and previous[0].get("commit") == info["commit"]
+        and begins_with(previous[1], records)
+        and len(records) < len(previous[1])
+    ):
+        raise ConfigError(
+            f"{workdir} holds {len(records)} epoch records of the run whose {len(previous[1])} "
+            f"records {out_dir} already holds: it is behind that snapshot, which is kept. "
+            "Unpack the run's packed state there (python -m benchmarks.run_state unpack) or "
+            f"let it catch up; to snapshot another run in its place, remove {out_dir} first"
+        )
     info["machines"] = machines(previous, info, records)
     if weights and summary["finished"] and implementation == "jresnet":
         info["weights"] = export_and_check_weights(
