@@ -68,10 +68,10 @@ from jresnet.errors import ConfigError, run_cli
 RESUME = seed_recipe.RESUME_SUBDIR
 STATE_FILE = "state.json"
 METRICS_FILE = seed_recipe.METRICS_FILE
-# jresnet.checkpoint.CHECKPOINT_DIR and BEST_METRIC, Orbax's file of a checkpoint's metrics,
-# benchmarks.torch_seed's CHECKPOINT_FILE and CONFIG_FILE (not imported: they load JAX and
+JRESNET_CHECKPOINTS = seed_recipe.CHECKPOINT_DIR
+# jresnet.checkpoint.BEST_METRIC, Orbax's file of a checkpoint's metrics, and
+# benchmarks.torch_seed's CONFIG_FILE and CHECKPOINT_FILE (not imported: they load JAX and
 # PyTorch, which copying files does not need).
-JRESNET_CHECKPOINTS = "checkpoints"
 BEST_METRIC = "eval_accuracy"
 ORBAX_METRICS = os.path.join("metrics", "metrics")
 TORCH_CONFIG, TORCH_CHECKPOINT = "config.json", "checkpoint.pt"
@@ -83,15 +83,6 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def jresnet_steps(workdir: str) -> list[int]:
-    """The steps of the complete checkpoints in ``workdir``, oldest first (Orbax names an
-    unfinished one ``STEP.orbax-checkpoint-tmp-*``: not a number)."""
-    directory = os.path.join(workdir, JRESNET_CHECKPOINTS)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
 def _best_step(workdir: str, steps: Sequence[int]) -> int | None:
@@ -114,7 +105,7 @@ def state_files(name: str, workdir: str) -> tuple[list[int], list[str]]:
     torch_seed no steps, its config and checkpoint. Paths relative to ``workdir``. Raises
     `ConfigError` if ``workdir`` holds no such state."""
     if name == "jresnet":
-        steps = jresnet_steps(workdir)
+        steps = seed_recipe.checkpoint_steps(workdir)
         if not steps:
             raise ConfigError(
                 f"{workdir} holds no complete jresnet checkpoint (no {JRESNET_CHECKPOINTS}/STEP/):"
@@ -152,14 +143,14 @@ def progress(name: str, workdir: str) -> int:
     """How far the run in ``workdir`` got: jresnet's newest checkpoint step, or the epochs
     of torch_seed's records (its checkpoint is saved just before each record is written)."""
     if name == "jresnet":
-        steps = jresnet_steps(workdir)
+        steps = seed_recipe.checkpoint_steps(workdir)
         return steps[-1] if steps else 0
     return len(seed_recipe.read_records(os.path.join(workdir, METRICS_FILE)))
 
 
 def held_state(workdir: str) -> str | None:
     """What run state ``workdir`` holds, of either run, in words; None if none."""
-    steps = jresnet_steps(workdir)
+    steps = seed_recipe.checkpoint_steps(workdir)
     if steps:
         return f"jresnet checkpoints up to step {steps[-1]}"
     if os.path.exists(os.path.join(workdir, TORCH_CHECKPOINT)):
@@ -267,9 +258,7 @@ def read_state(results_dir: str, name: str) -> dict[str, Any]:
 def _continues(name: str, workdir: str, info: dict[str, Any], results_dir: str) -> bool:
     """Whether ``workdir`` holds the packed run further along (or as far): its own state of
     the same kind, its records beginning with the packed ones, at least at its progress."""
-    if held_state(workdir) is None or not (
-        progress(name, workdir) >= info["progress"] and progress(name, workdir) > 0
-    ):
+    if held_state(workdir) is None or progress(name, workdir) < max(info["progress"], 1):
         return False
     packed = seed_recipe.read_records(os.path.join(resume_dir(results_dir, name), METRICS_FILE))
     return seed_recipe.begins_with(

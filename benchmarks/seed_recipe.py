@@ -63,7 +63,10 @@ from jresnet import safe_files
 from jresnet.errors import ConfigError, run_cli
 
 SUBDIR = "seed-recipe"
-METRICS_FILE = "metrics.jsonl"  # jresnet.reporting.METRICS_FILE (not imported: it loads JAX)
+# jresnet.reporting.METRICS_FILE and jresnet.checkpoint.CHECKPOINT_DIR (not imported: they
+# load JAX, which reading files does not need).
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
 RUN_INFO_FILE = "run-info.json"
 CURVES_FILE = "curves.png"
 RESUME_SUBDIR = "resume"  # an unfinished run's packed state (benchmarks.run_state)
@@ -120,6 +123,15 @@ def read_records(path: str) -> list[dict[str, Any]]:
     return records
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the complete jresnet checkpoints in ``workdir``, oldest first (Orbax names
+    one it is still writing ``STEP.orbax-checkpoint-tmp-*``: not a number)."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 def read_run_config(workdir: str) -> tuple[str, dict[str, Any]]:
     """``(implementation, config)`` of a work directory: ``"pytorch"`` with the
     ``config.json`` of `benchmarks.torch_seed`, or ``"jresnet"`` with the config of its newest
@@ -128,14 +140,8 @@ def read_run_config(workdir: str) -> tuple[str, dict[str, Any]]:
     if os.path.exists(torch_config):
         with open(torch_config) as f:
             return "pytorch", json.load(f)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    steps = (
-        sorted((int(name) for name in os.listdir(checkpoints) if name.isdigit()), reverse=True)
-        if os.path.isdir(checkpoints)
-        else []
-    )
-    for step in steps:
-        path = os.path.join(checkpoints, str(step), "config", "metadata")
+    for step in reversed(checkpoint_steps(workdir)):
+        path = os.path.join(workdir, CHECKPOINT_DIR, str(step), "config", "metadata")
         if os.path.exists(path):
             with open(path) as f:
                 return "jresnet", json.load(f)

@@ -66,7 +66,7 @@ def test_a_packed_pytorch_run_ends_like_an_uninterrupted_one(data_dir, tmp_path,
 def fake_checkpoint(run, step, accuracy=None):
     """A copy of ``run``'s first checkpoint as ``step`` (files only: pack reads no state),
     with ``accuracy`` as its eval accuracy in Orbax's metrics file."""
-    source = run_state.jresnet_steps(run)[0]
+    source = seed_recipe.checkpoint_steps(run)[0]
     target = os.path.join(run, "checkpoints", str(step))
     shutil.copytree(os.path.join(run, "checkpoints", str(source)), target)
     if accuracy is not None:
@@ -77,7 +77,7 @@ def fake_checkpoint(run, step, accuracy=None):
 
 def test_pack_takes_the_newest_complete_and_the_best_checkpoint(one_epoch, tmp_path):
     run = copy_of(one_epoch, tmp_path)
-    (step,) = run_state.jresnet_steps(run)
+    (step,) = seed_recipe.checkpoint_steps(run)
     for later, accuracy in ((100, 0.9), (200, 0.5), (300, 0.7)):
         fake_checkpoint(run, step + later, accuracy)
     os.rename(  # a checkpoint Orbax is still writing
@@ -125,7 +125,7 @@ def test_unpack_keeps_the_same_run_further_along(one_epoch, tmp_path):
     results = str(tmp_path / "results")
     run_state.pack("jresnet", str(one_epoch), results)
     run = copy_of(one_epoch, tmp_path)
-    (step,) = run_state.jresnet_steps(run)
+    (step,) = seed_recipe.checkpoint_steps(run)
     fake_checkpoint(run, step + 4)  # it went on after the pack
     before = sorted(os.walk(run))
     assert "kept" in run_state.unpack("jresnet", run, results)["outcome"]
@@ -144,7 +144,7 @@ def test_unpack_moves_another_run_aside_and_keeps_it(one_epoch, tmp_path):
     assert f"moved a torch_seed checkpoint.pt aside to {tmp_path / aside}" in outcome
     assert (tmp_path / aside / "checkpoint.pt").read_bytes() == b"not ours"
     assert reporting.read_metrics(other) == reporting.read_metrics(one_epoch)
-    assert run_state.jresnet_steps(str(other)) == run_state.jresnet_steps(str(one_epoch))
+    assert seed_recipe.checkpoint_steps(str(other)) == seed_recipe.checkpoint_steps(str(one_epoch))
 
 
 def test_unpack_refuses_a_live_run_and_a_damaged_packed_state(one_epoch, tmp_path):
