@@ -113,16 +113,18 @@ def state_files(name: str, workdir: str) -> tuple[list[int], list[str]]:
             )
         best = _best_step(workdir, steps)
         packed = sorted({steps[-1], best if best is not None else steps[-1]})
-        files = [
-            os.path.relpath(os.path.join(directory, file), workdir)
-            for step in packed
-            for directory, _, names in os.walk(
-                os.path.join(workdir, JRESNET_CHECKPOINTS, str(step))
-            )
-            for file in names
-        ]
-        if not files:  # the newest was deleted while being listed
-            raise ConfigError(f"{workdir}'s checkpoints changed while being listed; pack again")
+        files = []
+        for step in packed:
+            found = [
+                os.path.relpath(os.path.join(directory, file), workdir)
+                for directory, _, names in os.walk(
+                    os.path.join(workdir, JRESNET_CHECKPOINTS, str(step))
+                )
+                for file in names
+            ]
+            if not found:  # retention deleted the old best while it was listed
+                raise ConfigError(f"{workdir}'s checkpoints changed while listed; pack again")
+            files += found
         return packed, sorted(files)
     if name == "pytorch":
         missing = [
@@ -189,6 +191,31 @@ def _copy_checked(source: str, copy: str) -> str:
     return digest
 
 
+def _refuse_going_back(
+    out: str, commit: str | None, records: Sequence[dict[str, Any]], progress_now: int
+) -> None:
+    """Raises `ConfigError` if ``out`` holds a packed state of the same run (same commit,
+    its records beginning with ``records``) further along than ``progress_now``: packing
+    would replace it with an older one."""
+    path = os.path.join(out, STATE_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        packed = json.load(f)
+    packed_records = seed_recipe.read_records(os.path.join(out, METRICS_FILE))
+    if (
+        packed.get("commit") == commit
+        and seed_recipe.begins_with(packed_records, records)
+        and packed["progress"] > progress_now
+    ):
+        unit = "step" if packed["steps"] else "epoch"
+        raise ConfigError(
+            f"{out} holds this run further along ({unit} {packed['progress']}, this work "
+            f"directory {unit} {progress_now}): packing would go back. Unpack it there first "
+            f"(python -m benchmarks.run_state unpack), or remove {out} to pack anyway"
+        )
+
+
 def pack(name: str, workdir: str, results_dir: str, clone: str | None = None) -> dict[str, Any]:
     """Copies run ``name``'s resumable state and records from ``workdir`` into
     ``results_dir/seed-recipe/NAME/resume/`` (replacing what was there) with its
@@ -200,6 +227,8 @@ def pack(name: str, workdir: str, results_dir: str, clone: str | None = None) ->
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     _tidy(parent)
+    commit = seed_recipe.clone_commit(clone) if clone else None
+    _refuse_going_back(out, commit, records, steps[-1] if steps else len(records))
     staging = tempfile.mkdtemp(prefix=f".{RESUME}-new-", dir=parent)
     try:
         metrics = "".join(json.dumps(r) + "\n" for r in records).encode()
@@ -210,7 +239,7 @@ def pack(name: str, workdir: str, results_dir: str, clone: str | None = None) ->
         info = {
             "name": name,
             "workdir": os.path.abspath(workdir),
-            "commit": seed_recipe.clone_commit(clone) if clone else None,
+            "commit": commit,
             "epochs_recorded": len(records),
             "progress": steps[-1] if steps else len(records),
             "steps": steps,
@@ -270,8 +299,10 @@ def unpack(name: str, workdir: str, results_dir: str) -> dict[str, Any]:
     """Puts run ``name``'s packed state into ``workdir`` (see the module docstring); returns
     its ``state.json`` with ``outcome``: what was done, in words. Rerunning the run's command
     in ``workdir`` then resumes it."""
-    info = read_state(results_dir, name)
     packed = resume_dir(results_dir, name)
+    if os.path.isdir(os.path.dirname(packed)):
+        _tidy(os.path.dirname(packed))  # a pack stopped half-way was committed
+    info = read_state(results_dir, name)
     path = workdir_lib.prepare(workdir)
     with workdir_lib.locked(path):  # refuses a workdir that a live run holds
         held = held_state(path)

@@ -100,6 +100,17 @@ def test_pack_takes_the_newest_complete_and_the_best_checkpoint(one_epoch, tmp_p
     assert "packed in `seed-recipe/jresnet/resume/`" in readme
 
 
+def test_pack_refuses_to_replace_the_same_run_further_along(one_epoch, tmp_path):
+    run = copy_of(one_epoch, tmp_path)
+    (step,) = seed_recipe.checkpoint_steps(run)
+    fake_checkpoint(run, step + 4)
+    results = str(tmp_path / "results")
+    run_state.pack("jresnet", run, results)
+    with pytest.raises(ConfigError, match=f"further along \\(step {step + 4}, this work "):
+        run_state.pack("jresnet", str(one_epoch), results)  # a machine left behind
+    assert run_state.read_state(results, "jresnet")["steps"] == [step + 4]
+
+
 def test_a_pack_that_fails_keeps_the_previous_one(one_epoch, tmp_path, monkeypatch):
     results = str(tmp_path / "results")
     before = run_state.pack("jresnet", str(one_epoch), results)

@@ -48,6 +48,18 @@ def test_start_refuses_to_begin_afresh_a_run_that_results_hold_unfinished(tmp_pa
     assert not (tmp_path / "runs" / "code").exists()  # nothing set up
 
 
+def test_start_leaves_runs_that_results_hold_finished_alone(tmp_path):
+    for name in ("jresnet", "pytorch"):
+        (tmp_path / "results" / "seed-recipe" / name).mkdir(parents=True)
+        (tmp_path / "results" / "seed-recipe" / name / "run-info.json").write_text(
+            json.dumps({"finished": True, "epochs_done": 200})
+        )
+    started = script("start", tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == "pytorch has finished\n"  # jresnet's finished: pytorch's turn
+    assert not (tmp_path / "runs" / "code-torch").exists()
+
+
 def test_unknown_commands_get_the_usage(tmp_path):
     wrong = script("restart", tmp_path)
     assert (

@@ -5,18 +5,21 @@
 #   bash tools/seed_recipe.sh stop     # pause it, pack its state, snapshot, write the report
 #   bash tools/seed_recipe.sh status   # how far each run got, running or not
 #
-# The runs go one after the other: jresnet's, then the seed's PyTorch loop. `start` makes,
-# where missing, the data dir (python -m jresnet.prepare_data), the run's clone pinned at its
-# commit (the one its packed state in results/seed-recipe/NAME/resume/ names, else this
-# repository's HEAD for a new run) and a venv; puts the packed state into the work directory
-# (python -m benchmarks.run_state unpack: a work directory with the same run further along is
-# kept, any other moved aside); then starts the run's command in the background (nohup,
-# output appended to RUNS/NAME.log) unless it is running or has finished. It refuses to start
-# afresh a run that results/ holds unfinished without a packed state (FRESH=1 to do so).
-# `stop` sends the running run SIGTERM and waits for it (jresnet saves inside the epoch;
-# torch_seed loses the epoch in progress), packs its state (with the records), snapshots it
-# into results/ and writes the report and README.md's table (benchmarks.seed_recipe): commit
-# results/ and README.md after it. Run it from the repository root.
+# The runs go one after the other: jresnet's, then the seed's PyTorch loop; a run is finished
+# when its work directory or results/ says so. `start` makes, where missing, the data dir
+# (python -m jresnet.prepare_data), the run's clone at its commit (the one its packed state
+# in results/seed-recipe/NAME/resume/ names, else this repository's HEAD for a new run) and
+# a venv; puts the packed state into the work directory (python -m benchmarks.run_state
+# unpack: a work directory with the same run as far along or further is kept, any other is
+# moved aside); then starts the run's command in the background (setsid nohup, output
+# appended to RUNS/NAME.log) unless it is running or has finished, and waits until it holds
+# its work directory's lock. It refuses to start afresh a run that results/ holds unfinished
+# without a packed state (FRESH=1 does). `stop` sends each running run SIGTERM and waits for
+# it (jresnet saves inside the epoch; torch_seed loses the epoch in progress), packs its
+# state with its records (or, once it has finished, removes its resume/), snapshots it into
+# results/ and writes the report and README.md's table (benchmarks.seed_recipe); a run that
+# results/ already holds finished is left alone. Commit results/ and README.md after it.
+# Run it from the repository root.
 # Settings: RUNS (default ~/runs) holds everything, VENV (default RUNS/venv) is the runs'
 # venv, RESULTS (default results) the results directory, CIFAR10_JPEG the tarball to
 # prepare, PYTHON the interpreter that makes the venv.
@@ -29,7 +32,7 @@ RESULTS=${RESULTS:-results}
 CIFAR10_JPEG=${CIFAR10_JPEG:-$REPO/../shared/data/cifar10_jpeg.tar.gz}
 PY=${PYTHON:-python3}
 EPOCHS=200 # the seed recipe's
-STOP_TIMEOUT_S=600
+STOP_TIMEOUT_S=600 # how long start and stop wait for a run to take or leave its lock
 
 clone_of() { if [ "$1" = jresnet ]; then echo "$RUNS/code"; else echo "$RUNS/code-torch"; fi; }
 workdir_of() { echo "$RUNS/$1-seed"; }
@@ -81,17 +84,13 @@ except (OSError, ValueError):
 print(epochs)
 EOF
 }
-finished() { [ "$(epochs_done "$1")" -ge "$EPOCHS" ]; }
+finished_here() { [ "$(epochs_done "$1")" -ge "$EPOCHS" ]; }
 committed_finished() { [ "$(json_field "$(results_of "$1")/run-info.json" finished)" = true ]; }
+# Finished, here or in results/ (whatever an older work directory left here says).
+finished() { finished_here "$1" || committed_finished "$1"; }
 
 # The run to work on: jresnet's until it has finished, then PyTorch's.
-current() {
-  if finished jresnet || { [ ! -d "$(workdir_of jresnet)" ] && committed_finished jresnet; }; then
-    echo pytorch
-  else
-    echo jresnet
-  fi
-}
+current() { if finished jresnet; then echo pytorch; else echo jresnet; fi; }
 
 setup() {
   local name=$1 clone packed commit
@@ -104,19 +103,37 @@ setup() {
       "(its next snapshot replaces the one in results/)." >&2
     exit 1
   fi
-  if [ ! -d "$clone" ]; then
+  commit=""
+  if [ -f "$packed" ]; then
     commit=$(json_field "$packed" commit)
+    commit=${commit:-$(json_field "$(results_of "$name")/run-info.json" commit)}
+    if [ -z "$commit" ]; then
+      echo "$packed names no commit (packed without --clone) and there is no run-info.json:" \
+        "clone the run's commit into $clone by hand" >&2
+      exit 1
+    fi
+  fi
+  if [ ! -d "$clone" ]; then
     commit=${commit:-$(git rev-parse HEAD)}
     echo "cloning $REPO at $commit into $clone"
     git clone -q "$REPO" "$clone"
     git -C "$clone" checkout -q "$commit"
+  elif [ -n "$commit" ] && [ "$(git -C "$clone" rev-parse HEAD)" != "$commit" ]; then
+    if [ -n "$(git -C "$clone" status --porcelain)" ]; then
+      echo "$clone is not at $commit, the packed run's commit, and has changes:" \
+        "move it aside to let start clone that commit" >&2
+      exit 1
+    fi
+    echo "checking out $commit, the packed run's commit, in $clone"
+    git -C "$clone" fetch -q "$REPO"
+    git -C "$clone" checkout -q "$commit"
   fi
-  if [ ! -f "$VENV/.installed" ]; then
+  # What the runs import: a venv that lacks any is (re)installed.
+  if ! "$VENV/bin/python" -c "import jresnet, torch, safetensors" 2>/dev/null; then
     echo "installing $VENV (pip install -c constraints.txt -e \"${clone}[bench,export]\")"
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -c "$clone/constraints.txt" -e "${clone}[bench,export]"
-    touch "$VENV/.installed"
   fi
   if [ ! -d "$RUNS/tfds/cifar10" ]; then
     (cd "$clone" && "$VENV/bin/python" -m jresnet.prepare_data --from "$CIFAR10_JPEG" \
@@ -129,12 +146,12 @@ setup() {
 }
 
 start() {
-  local name pid
+  local name pid waited
   name=$(current)
   mkdir -p "$RUNS"
   if running "$name"; then echo "$name is running ($(epochs_done "$name")/$EPOCHS epochs)"; return; fi
-  setup "$name"
   if finished "$name"; then echo "$name has finished"; return; fi
+  setup "$name"
   echo "=== start $(date -u) on$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ===" \
     >>"$RUNS/$name.log"
   cd "$(clone_of "$name")"
@@ -142,12 +159,17 @@ start() {
   PATH="$VENV/bin:$PATH" setsid nohup $(command_of "$name") >>"$RUNS/$name.log" 2>&1 &
   pid=$!
   cd "$REPO"
-  sleep 15
-  if ! kill -0 "$pid" 2>/dev/null; then
-    echo "$name did not start; the end of $RUNS/$name.log:" >&2
-    tail -5 "$RUNS/$name.log" >&2
-    exit 1
-  fi
+  # Started once it holds its work directory's lock (after its imports).
+  waited=0
+  until running "$name"; do
+    if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
+      echo "$name did not start (pid $pid); the end of $RUNS/$name.log:" >&2
+      tail -5 "$RUNS/$name.log" >&2
+      exit 1
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
   echo "started $name (pid $pid) after $(epochs_done "$name")/$EPOCHS epochs; log: $RUNS/$name.log"
 }
 
@@ -155,9 +177,11 @@ stop() {
   local name pid waited failed=0
   for name in jresnet pytorch; do
     [ -d "$(workdir_of "$name")" ] || continue
+    # A run results/ holds finished has its final snapshot there: nothing to pack or redo.
+    committed_finished "$name" && continue
     if running "$name"; then
-      pid=$(pid_of "$name")
-      kill -TERM "$pid"
+      pid=$(pid_of "$name" 2>/dev/null || true)
+      [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
       waited=0
       while running "$name"; do
         if [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
@@ -169,7 +193,7 @@ stop() {
       done
       echo "paused $name"
     fi
-    if finished "$name"; then
+    if finished_here "$name"; then
       rm -rf "$(results_of "$name")/resume"
     else
       "$VENV/bin/python" -m benchmarks.run_state pack "$name" "$(workdir_of "$name")" \
