@@ -77,14 +77,6 @@ ORBAX_METRICS = os.path.join("metrics", "metrics")
 TORCH_CONFIG, TORCH_CHECKPOINT = "config.json", "checkpoint.pt"
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _best_step(workdir: str, steps: Sequence[int]) -> int | None:
     """The step of the kept checkpoint with the highest eval accuracy (the newest of equal
     ones); None if none has one (a mid-epoch save has no metrics)."""
@@ -182,8 +174,8 @@ def _copy_checked(source: str, copy: str) -> str:
     os.makedirs(os.path.dirname(copy), exist_ok=True)
     try:
         shutil.copyfile(source, copy)
-        digest = _sha256(copy)
-        unchanged = _sha256(source) == digest
+        digest = safe_files.sha256(copy)
+        unchanged = safe_files.sha256(source) == digest
     except FileNotFoundError:
         unchanged = False
     if not unchanged:
@@ -276,7 +268,7 @@ def read_state(results_dir: str, name: str) -> dict[str, Any]:
         copy = os.path.join(packed, file)
         if not os.path.exists(copy):
             raise ConfigError(f"{copy} is missing: check out {packed} again")
-        if _sha256(copy) != digest:
+        if safe_files.sha256(copy) != digest:
             raise ConfigError(
                 f"{copy} is not what was packed (its SHA-256 differs from {STATE_FILE}'s): "
                 f"check out {packed} again"

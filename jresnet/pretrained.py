@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import os
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jresnet import datasets, errors, models, torch_layouts, weight_files
+from jresnet import datasets, errors, models, safe_files, torch_layouts, weight_files
 from jresnet.errors import WeightsError
 
 CACHE_ENV = "JRESNET_CACHE_DIR"
@@ -190,18 +189,10 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(path: str, weights: Weights) -> None:
     """Deletes ``path`` (if it can) and raises `WeightsError` unless its sha256 is the
     expected one."""
-    actual = _sha256(path)
+    actual = safe_files.sha256(path)
     expected = weights.sha256 or weights.hash_prefix
     if not actual.startswith(expected):
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import stat
@@ -144,6 +145,12 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (see `atomic_writer`)."""
     with atomic_writer(path) as f:
         f.write(data)
+
+
+def sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of the file at ``path``, as 64 hex digits."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _open_append_fd(path: str) -> int:
