@@ -220,7 +220,8 @@ def pack(name: str, workdir: str, results_dir: str, clone: str | None = None) ->
     os.makedirs(parent, exist_ok=True)
     _tidy(parent)
     commit = seed_recipe.clone_commit(clone) if clone else None
-    _refuse_going_back(out, commit, records, steps[-1] if steps else len(records))
+    progress_now = steps[-1] if steps else len(records)  # as `progress` measures it
+    _refuse_going_back(out, commit, records, progress_now)
     staging = tempfile.mkdtemp(prefix=f".{RESUME}-new-", dir=parent)
     try:
         metrics = "".join(json.dumps(r) + "\n" for r in records).encode()
@@ -233,7 +234,7 @@ def pack(name: str, workdir: str, results_dir: str, clone: str | None = None) ->
             "workdir": os.path.abspath(workdir),
             "commit": commit,
             "epochs_recorded": len(records),
-            "progress": steps[-1] if steps else len(records),
+            "progress": progress_now,
             "steps": steps,
             "machine": seed_recipe.this_machine(),
             "packed_utc": seed_recipe.utc_now(),
@@ -277,9 +278,9 @@ def read_state(results_dir: str, name: str) -> dict[str, Any]:
 
 
 def _continues(name: str, workdir: str, info: dict[str, Any], results_dir: str) -> bool:
-    """Whether ``workdir`` holds the packed run further along (or as far): its own state of
-    the same kind, its records beginning with the packed ones, at least at its progress."""
-    if held_state(workdir) is None or progress(name, workdir) < max(info["progress"], 1):
+    """Whether ``workdir``, which holds a run's state, holds the packed run further along
+    (or as far): its records beginning with the packed ones, at least at its progress."""
+    if progress(name, workdir) < max(info["progress"], 1):
         return False
     packed = seed_recipe.read_records(os.path.join(resume_dir(results_dir, name), METRICS_FILE))
     return seed_recipe.begins_with(
