@@ -3,14 +3,16 @@
 import json
 import os
 import subprocess
+import time
 
 from jresnet import workdir
 from tests.conftest import REPO
 
 
-def script(command, tmp_path):
+def script(command, tmp_path, **settings):
     """``bash tools/seed_recipe.sh COMMAND`` with its runs and results under ``tmp_path``."""
     env = {**os.environ, "RUNS": str(tmp_path / "runs"), "RESULTS": str(tmp_path / "results")}
+    env.update(settings)
     return subprocess.run(
         ["bash", str(REPO / "tools" / "seed_recipe.sh"), command],
         env=env,
@@ -66,3 +68,41 @@ def test_unknown_commands_get_the_usage(tmp_path):
         wrong.returncode == 2
         and "usage: bash tools/seed_recipe.sh start|stop|status" in wrong.stderr
     )
+
+
+# A stand-in for the runs' venv python: it answers the import check, and as either run's
+# command it writes 200 epoch records into the --workdir it is given while holding the work
+# directory's lock, as a run that trains in no time.
+FAKE_PYTHON = """\
+#!/usr/bin/env bash
+[ "$1" = -c ] && exit 0
+while [ "$1" != --workdir ]; do shift; done
+mkdir -p "$2"
+exec flock "$2/.lock" bash -c 'for e in $(seq 200); do echo "{\\"epoch\\": $e}"; done \\
+  > "$1/metrics.jsonl"; sleep 4' _ "$2"
+"""
+
+
+def test_when_jresnets_run_finishes_the_pytorch_run_starts(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(FAKE_PYTHON)
+    (venv / "bin" / "python").chmod(0o755)
+    (tmp_path / "runs" / "tfds" / "cifar10").mkdir(parents=True)  # the data, prepared
+    started = script("start", tmp_path, VENV=str(venv))
+    assert started.returncode == 0, started.stderr
+    assert "started jresnet" in started.stdout
+    log = tmp_path / "runs" / "jresnet.log"  # what the background run and its start print
+    torch_records = tmp_path / "runs" / "pytorch-seed" / "metrics.jsonl"
+
+    def torch_epochs():
+        return len(torch_records.read_text().splitlines()) if torch_records.exists() else 0
+
+    for _ in range(600):
+        if "started pytorch" in log.read_text() and torch_epochs() == 200:
+            break
+        time.sleep(0.1)
+    assert "=== jresnet has finished" in log.read_text()
+    assert "started pytorch" in log.read_text()  # by itself, holding its work directory's lock
+    assert torch_epochs() == 200
+    assert (tmp_path / "runs" / "code-torch" / "benchmarks" / "torch_seed.py").exists()

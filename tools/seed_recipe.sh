@@ -13,7 +13,7 @@
 # unpack: a work directory with the same run as far along or further is kept, any other is
 # moved aside); then starts the run's command in the background (setsid nohup, output
 # appended to RUNS/NAME.log) unless it is running or has finished, and waits until it holds
-# its work directory's lock. It refuses to start afresh a run that results/ holds unfinished
+# its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself. It refuses to start afresh a run that results/ holds unfinished
 # without a packed state (FRESH=1 does). `stop` sends each running run SIGTERM and waits for
 # it (jresnet saves inside the epoch; torch_seed loses the epoch in progress), packs its
 # state with its records (or, once it has finished, removes its resume/), snapshots it into
@@ -154,23 +154,35 @@ start() {
   setup "$name"
   echo "=== start $(date -u) on$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ===" \
     >>"$RUNS/$name.log"
-  cd "$(clone_of "$name")"
-  # shellcheck disable=SC2046  # the command's words, as command_of prints them
-  PATH="$VENV/bin:$PATH" setsid nohup $(command_of "$name") >>"$RUNS/$name.log" 2>&1 &
+  setsid nohup bash "$REPO/tools/seed_recipe.sh" run "$name" >>"$RUNS/$name.log" 2>&1 &
   pid=$!
-  cd "$REPO"
-  # Started once it holds its work directory's lock (after its imports).
+  # Started once it holds its work directory's lock (after its imports), or has finished.
   waited=0
-  until running "$name"; do
+  until running "$name" || finished_here "$name"; do
     if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
       echo "$name did not start (pid $pid); the end of $RUNS/$name.log:" >&2
       tail -5 "$RUNS/$name.log" >&2
       exit 1
     fi
-    sleep 2
-    waited=$((waited + 2))
+    sleep 1
+    waited=$((waited + 1))
   done
-  echo "started $name (pid $pid) after $(epochs_done "$name")/$EPOCHS epochs; log: $RUNS/$name.log"
+  echo "started $name (pid $(pid_of "$name" 2>/dev/null || true)) after $(epochs_done "$name")/$EPOCHS epochs; log: $RUNS/$name.log"
+}
+
+# What start runs in the background: the run's command from its clone, then, once jresnet's
+# run has finished, start again, which starts PyTorch's (no sitting lost between the two).
+run() {
+  local name=$1 status=0
+  cd "$(clone_of "$name")"
+  # shellcheck disable=SC2046  # the command's words, as command_of prints them
+  PATH="$VENV/bin:$PATH" $(command_of "$name") || status=$?
+  cd "$REPO"
+  if [ "$name" = jresnet ] && finished_here jresnet; then
+    echo "=== jresnet has finished $(date -u): starting the next run ==="
+    start
+  fi
+  return "$status"
 }
 
 stop() {
@@ -222,8 +234,16 @@ status() {
   done
 }
 
+# Each branch ends in exit: a run's bash reads no further even if this file changes under it.
 case "${1:-}" in
-  start | stop | status) "$1" ;;
+  start | stop | status)
+    "$1"
+    exit
+    ;;
+  run)
+    run "${2:?usage: bash tools/seed_recipe.sh run jresnet|pytorch}"
+    exit
+    ;;
   *)
     echo "usage: bash tools/seed_recipe.sh start|stop|status" >&2
     exit 2
