@@ -100,6 +100,9 @@ DATA = (
 EVAL_KEYS = ("model", "shortcut", "normalization", "dataset", "compilation_cache_dir")
 # An accuracy equal "within float rounding": at most this many test images apart.
 WEIGHTS_TOLERANCE_IMAGES = 1
+# The issue's measure: one seed each, the two final test accuracies should agree within
+# this many percentage points (seed-to-seed spread at 200 epochs is a few tenths).
+AGREEMENT_POINTS = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,6 +475,32 @@ def table(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]
     return "\n".join(lines) + "\n"
 
 
+def comparison(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]) -> str:
+    """A paragraph comparing the runs' test accuracy at the latest epoch both have recorded,
+    ``|100 a_jresnet - 100 a_pytorch|`` percentage points apart; once both have finished,
+    whether their final accuracies agree within `AGREEMENT_POINTS`. Empty until both have
+    records."""
+    records = {name: runs[name][1] for name in RUNS if name in runs and runs[name][1]}
+    if len(records) < len(RUNS):
+        return ""
+    epoch = min(recs[-1]["epoch"] for recs in records.values())
+    jresnet, pytorch = (
+        100 * {r["epoch"]: r for r in records[name]}[epoch]["eval_accuracy"] for name in RUNS
+    )
+    points = abs(jresnet - pytorch)
+    accuracies = f"jresnet {jresnet:.2f}%, the seed's PyTorch loop {pytorch:.2f}%"
+    if all(summarize(runs[n][1], int(runs[n][0]["num_epochs"]))["finished"] for n in RUNS):
+        verdict = "within" if points <= AGREEMENT_POINTS else "**not within**"
+        return (
+            f"\nFinal test accuracy: {accuracies}; {points:.2f} points apart, {verdict} the "
+            f"{AGREEMENT_POINTS:g} point that one seed each allows.\n"
+        )
+    return (
+        f"\nTest accuracy at epoch {epoch}, the latest both runs have reached: {accuracies} "
+        f"({points:.2f} points apart; the runs are compared at their end).\n"
+    )
+
+
 def describe(info: Mapping[str, Any], data_prefix: str = "") -> str:
     """One sentence of `where_it_ran`'s fields: command, commit, machine (each machine and
     its epochs, for a run that moved), versions, data."""
@@ -582,7 +611,7 @@ def readme(
         "the official pixels loses about 10 points on its test split. Official-data and GPU "
         "numbers come when that data and hardware are available.\n\n"
         f"{note}"
-        f"{table(runs)}\n"
+        f"{table(runs)}{comparison(runs)}\n"
         "Training time is the sum of the epochs' training loops (`epoch_time_s` of the "
         "records: evaluation, checkpoints and jresnet's compilation excluded); images/s is "
         "the median over epochs. The CPU was shared with other work while the runs went, so "
@@ -632,7 +661,7 @@ def seeds_section(info: Mapping[str, Any], markdown: str) -> str:
 
 def report(results_dir: str, readme_path: str | None = None) -> str:
     """Writes ``curves.png`` and ``README.md`` (and the tables into ``readme_path``); returns
-    the seed recipe's table."""
+    the seed recipe's table and `comparison`."""
     runs = load_runs(results_dir)
     os.makedirs(os.path.join(results_dir, SUBDIR), exist_ok=True)
     plot(runs, os.path.join(results_dir, SUBDIR, CURVES_FILE))
@@ -640,7 +669,7 @@ def report(results_dir: str, readme_path: str | None = None) -> str:
     packed = [n for n in RUNS if os.path.isdir(os.path.join(results_dir, SUBDIR, n, RESUME_SUBDIR))]
     results_readme = readme(runs, packed) + (seeds_section(*seeds) if seeds else "")
     _write_text(os.path.join(results_dir, README_FILE), results_readme)
-    markdown = table(runs)
+    markdown = table(runs) + comparison(runs)
     if readme_path:
         with open(readme_path) as f:
             text = f.read()

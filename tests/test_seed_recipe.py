@@ -202,6 +202,36 @@ def test_report_table_matches_the_records(snapshots):
     assert (results / "seed-recipe" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_compares_the_runs_at_the_latest_epoch_both_reached(snapshots):
+    results, records, _ = snapshots  # jresnet 5/200 epochs, pytorch 4/4
+    table = seed_recipe.report(str(results))
+    jresnet, pytorch = (100 * records[name][3]["eval_accuracy"] for name in ("jresnet", "pytorch"))
+    expected = (
+        f"Test accuracy at epoch 4, the latest both runs have reached: jresnet {jresnet:.2f}%, "
+        f"the seed's PyTorch loop {pytorch:.2f}% ({abs(jresnet - pytorch):.2f} points apart"
+    )
+    assert expected in table and expected in (results / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "pytorch_accuracy, verdict", [(0.9105, "within"), (0.8990, "**not within**")]
+)
+def test_finished_runs_agree_within_a_point_or_the_report_says_not(pytorch_accuracy, verdict):
+    def run(final_accuracy):
+        records = synthetic_records(2, 0)
+        records[-1]["eval_accuracy"] = final_accuracy
+        return {"num_epochs": 2}, records
+
+    runs = {"jresnet": run(0.9100), "pytorch": run(pytorch_accuracy)}
+    points = abs(91.00 - 100 * pytorch_accuracy)
+    assert seed_recipe.comparison(runs) == (
+        f"\nFinal test accuracy: jresnet 91.00%, the seed's PyTorch loop "
+        f"{100 * pytorch_accuracy:.2f}%; {points:.2f} points apart, {verdict} the 1 point "
+        "that one seed each allows.\n"
+    )
+    assert seed_recipe.comparison({"jresnet": run(0.91)}) == ""  # nothing to compare yet
+
+
 def test_report_marks_a_run_not_started_and_finished_runs_as_such(tmp_path):
     results = tmp_path / "results"
     run_dir = results / "seed-recipe" / "jresnet"
