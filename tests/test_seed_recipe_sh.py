@@ -26,15 +26,16 @@ def script(command, tmp_path, **settings):
 def test_status_tells_how_far_each_run_got_and_whether_it_runs(tmp_path):
     run = tmp_path / "runs" / "jresnet-seed"
     run.mkdir(parents=True)
-    records = [{"epoch": e, "eval_accuracy": 0.5} for e in (1, 2, 3)]
+    records = [{"epoch": e, "eval_accuracy": a} for e, a in ((1, 0.5), (2, 0.625), (3, 0.6))]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"ep')
+    progress = "jresnet: 3/200 epochs, test accuracy 60.00% (best 62.50% at epoch 2)"
     assert script("status", tmp_path).stdout.splitlines() == [
-        "jresnet: 3/200 epochs",
+        progress,
         "pytorch: no work directory",
     ]
     with workdir.locked(str(run)):  # as a live run holds it
         status = script("status", tmp_path).stdout
-    assert f"jresnet: 3/200 epochs, running (pid {os.getpid()})" in status
+    assert f"{progress}, running (pid {os.getpid()})" in status
 
 
 def test_start_refuses_to_begin_afresh_a_run_that_results_hold_unfinished(tmp_path):

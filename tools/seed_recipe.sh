@@ -69,19 +69,31 @@ if os.path.exists(path):
     print("" if value is None else str(value).lower() if isinstance(value, bool) else value)
 EOF
 }
-# Epochs recorded in a work directory (its metrics.jsonl's complete lines), 0 if none.
+# Epochs recorded in a work directory (its metrics.jsonl's complete lines), 0 if none; with
+# a second argument "progress", "N/200 epochs" and the last and best test accuracy.
 epochs_done() {
-  "$PY" - "$(workdir_of "$1")/metrics.jsonl" <<'EOF'
+  "$PY" - "$(workdir_of "$1")/metrics.jsonl" "${2:-}" "$EPOCHS" <<'EOF'
 import json, sys
-epochs = 0
+path, what, num_epochs = sys.argv[1:]
+records = []
 try:
-    for line in open(sys.argv[1]):
+    for line in open(path):
         if not line.endswith("\n"):
             break
-        epochs = json.loads(line)["epoch"]
+        records.append(json.loads(line))
 except (OSError, ValueError):
     pass
-print(epochs)
+epochs = records[-1]["epoch"] if records else 0
+if what != "progress":
+    print(epochs)
+elif not records:
+    print(f"0/{num_epochs} epochs")
+else:
+    best = max(records, key=lambda r: r["eval_accuracy"])
+    print(
+        f"{epochs}/{num_epochs} epochs, test accuracy {records[-1]['eval_accuracy']:.2%}"
+        f" (best {best['eval_accuracy']:.2%} at epoch {best['epoch']})"
+    )
 EOF
 }
 finished_here() { [ "$(epochs_done "$1")" -ge "$EPOCHS" ]; }
@@ -227,7 +239,7 @@ status() {
   local name state
   for name in jresnet pytorch; do
     state="no work directory"
-    [ -d "$(workdir_of "$name")" ] && state="$(epochs_done "$name")/$EPOCHS epochs"
+    [ -d "$(workdir_of "$name")" ] && state=$(epochs_done "$name" progress)
     running "$name" && state="$state, running (pid $(pid_of "$name"))"
     [ -f "$(results_of "$name")/resume/state.json" ] && state="$state; a packed state waits"
     echo "$name: $state"
