@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import time
 
 from jresnet import workdir
@@ -67,7 +68,7 @@ def test_unknown_commands_get_the_usage(tmp_path):
     wrong = script("restart", tmp_path)
     assert (
         wrong.returncode == 2
-        and "usage: bash tools/seed_recipe.sh start|stop|status" in wrong.stderr
+        and "usage: bash tools/seed_recipe.sh start|save|stop|status" in wrong.stderr
     )
 
 
@@ -107,3 +108,33 @@ def test_when_jresnets_run_finishes_the_pytorch_run_starts(tmp_path):
     assert "started pytorch" in log.read_text()  # by itself, holding its work directory's lock
     assert torch_epochs() == 200
     assert (tmp_path / "runs" / "code-torch" / "benchmarks" / "torch_seed.py").exists()
+
+
+def test_save_packs_a_live_run_and_stop_pauses_it_first(tmp_path):
+    """With a venv python that only notes its arguments: what save and stop call, and
+    whether the run (a process holding its work directory's lock) goes on."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\necho "$2 $3" >> {calls}\n')
+    (venv / "bin" / "python").chmod(0o755)
+    run = tmp_path / "runs" / "jresnet-seed"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "eval_accuracy": 0.5}\n')
+    hold = f"from jresnet import workdir; import time\nwith workdir.locked({str(run)!r}):\n"
+    hold += "    print('locked', flush=True); time.sleep(60)"
+    live = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "locked\n"
+        saved = script("save", tmp_path, VENV=str(venv))
+        assert saved.returncode == 0, saved.stderr
+        steps = ["run_state pack", "seed_recipe snapshot", "seed_recipe report"]
+        steps = [f"benchmarks.{step}" for step in steps]
+        assert calls.read_text().splitlines() == steps
+        assert live.poll() is None  # the run goes on
+        stopped = script("stop", tmp_path, VENV=str(venv))
+        assert stopped.returncode == 0, stopped.stderr
+        assert "paused jresnet" in stopped.stdout and live.wait(timeout=10) != 0
+        assert calls.read_text().splitlines()[3:] == steps
+    finally:
+        live.kill()

@@ -2,7 +2,8 @@
 # The seed recipe's two long runs (README "Results") across sittings and machines.
 #
 #   bash tools/seed_recipe.sh start    # set up what this machine lacks, then (re)start the run
-#   bash tools/seed_recipe.sh stop     # pause it, pack its state, snapshot, write the report
+#   bash tools/seed_recipe.sh save     # pack the runs' state, snapshot, write the report
+#   bash tools/seed_recipe.sh stop     # pause the runs, then save
 #   bash tools/seed_recipe.sh status   # how far each run got, running or not
 #
 # The runs go one after the other: jresnet's, then the seed's PyTorch loop; a run is finished
@@ -13,12 +14,14 @@
 # unpack: a work directory with the same run as far along or further is kept, any other is
 # moved aside); then starts the run's command in the background (setsid nohup, output
 # appended to RUNS/NAME.log) unless it is running or has finished, and waits until it holds
-# its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself. It refuses to start afresh a run that results/ holds unfinished
-# without a packed state (FRESH=1 does). `stop` sends each running run SIGTERM and waits for
-# it (jresnet saves inside the epoch; torch_seed loses the epoch in progress), packs its
-# state with its records (or, once it has finished, removes its resume/), snapshots it into
-# results/ and writes the report and README.md's table (benchmarks.seed_recipe); a run that
-# results/ already holds finished is left alone. Commit results/ and README.md after it.
+# its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself. It
+# refuses to start afresh a run that results/ holds unfinished without a packed state
+# (FRESH=1 does). `save` packs each run's state with its records (or, once it has finished,
+# removes its resume/), snapshots it into results/ and writes the report and README.md's
+# table (benchmarks.seed_recipe); a live run goes on, and its pack holds its newest complete
+# checkpoint. `stop` first sends each running run SIGTERM and waits for it (jresnet saves
+# inside the epoch; torch_seed loses the epoch in progress). Both leave a run that results/
+# already holds finished alone. Commit results/ and README.md after either.
 # Run it from the repository root.
 # Settings: RUNS (default ~/runs) holds everything, VENV (default RUNS/venv) is the runs'
 # venv, RESULTS (default results) the results directory, CIFAR10_JPEG the tarball to
@@ -197,26 +200,31 @@ run() {
   return "$status"
 }
 
-stop() {
-  local name pid waited failed=0
+# Sends a running run SIGTERM and waits until it has let go of its work directory.
+pause() {
+  local name=$1 pid waited=0
+  running "$name" || return 0
+  pid=$(pid_of "$name" 2>/dev/null || true)
+  [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+  while running "$name"; do
+    if [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
+      echo "$name (pid $pid) still runs after $STOP_TIMEOUT_S s; not packed" >&2
+      exit 1
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+  echo "paused $name"
+}
+
+# Packs each run's state (a finished run's resume/ is removed), snapshots it and writes the
+# report; a live run goes on (its pack holds its newest complete checkpoint).
+save() {
+  local name failed=0
   for name in jresnet pytorch; do
     [ -d "$(workdir_of "$name")" ] || continue
     # A run results/ holds finished has its final snapshot there: nothing to pack or redo.
     committed_finished "$name" && continue
-    if running "$name"; then
-      pid=$(pid_of "$name" 2>/dev/null || true)
-      [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
-      waited=0
-      while running "$name"; do
-        if [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
-          echo "$name (pid $pid) still runs after $STOP_TIMEOUT_S s; not packed" >&2
-          exit 1
-        fi
-        sleep 2
-        waited=$((waited + 2))
-      done
-      echo "paused $name"
-    fi
     if finished_here "$name"; then
       rm -rf "$(results_of "$name")/resume"
     else
@@ -232,7 +240,16 @@ stop() {
     echo "some steps failed (above); fix them before committing results/" >&2
     exit 1
   fi
-  echo "now commit results/ and README.md; \`bash tools/seed_recipe.sh start\` resumes"
+  echo "now commit results/ and README.md"
+}
+
+stop() {
+  local name
+  for name in jresnet pytorch; do
+    if [ -d "$(workdir_of "$name")" ] && ! committed_finished "$name"; then pause "$name"; fi
+  done
+  save
+  echo "\`bash tools/seed_recipe.sh start\` resumes"
 }
 
 status() {
@@ -248,7 +265,7 @@ status() {
 
 # Each branch ends in exit: a run's bash reads no further even if this file changes under it.
 case "${1:-}" in
-  start | stop | status)
+  start | save | stop | status)
     "$1"
     exit
     ;;
@@ -257,7 +274,7 @@ case "${1:-}" in
     exit
     ;;
   *)
-    echo "usage: bash tools/seed_recipe.sh start|stop|status" >&2
+    echo "usage: bash tools/seed_recipe.sh start|save|stop|status" >&2
     exit 2
     ;;
 esac
