@@ -30,7 +30,9 @@ a run moved between machines with `benchmarks.run_state`, which machine ran whic
 jresnet run has finished, it also exports its final weights with ``python -m jresnet.convert
 WORKDIR OUT.safetensors`` and evaluates that file on the test split with ``train.py
 --config.eval_only=True --config.init_from=OUT.safetensors`` (both with ``VENV`` in
-``CLONE``), recording whether its accuracy equals the last record's.
+``CLONE``) and with the seed's PyTorch model (``python -m benchmarks.torch_seed evaluate
+--weights OUT.safetensors``, which loads it with ``strict=True``), recording whether both
+accuracies equal the last record's.
 
 ``snapshot-seeds`` copies the ``results.json`` and ``metrics.jsonl`` of several runs (the
 README's example of seeds) into ``RESULTS/seeds-example/`` and writes one ``run-info.json``
@@ -97,7 +99,17 @@ DATA = (
 )
 # The run's config keys its weights are evaluated with: how to build and feed the model
 # (a weights file does not say), and where compiled programs are cached.
-EVAL_KEYS = ("model", "shortcut", "normalization", "dataset", "compilation_cache_dir")
+EVAL_KEYS = (
+    "model",
+    "shortcut",
+    "normalization",
+    "dataset",
+    "eval_split",
+    "compilation_cache_dir",
+)
+# This repository: where the PyTorch evaluation of exported weights runs (the run's pinned
+# clone may predate `benchmarks.torch_seed evaluate`).
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An accuracy equal "within float rounding": at most this many test images apart.
 WEIGHTS_TOLERANCE_IMAGES = 1
 # The issue's measure: one seed each, the two final test accuracies should agree within
@@ -216,10 +228,13 @@ def export_and_check_weights(
     data_dir: str = "",
 ) -> dict[str, Any]:
     """Exports a finished jresnet run's final weights to ``out_path`` (seed layout,
-    safetensors; kept if it exists) and evaluates the file on the test split.
+    safetensors; kept if it exists) and evaluates the file on the run's eval split twice:
+    with jresnet (``train.py --config.eval_only``, in ``clone``) and with the seed's PyTorch
+    model loading it with ``strict=True`` (``benchmarks.torch_seed evaluate``, in this
+    repository).
 
-    Returns what run-info.json records: the file, both commands, the accuracy the file gives
-    and whether it equals the final record's within `WEIGHTS_TOLERANCE_IMAGES` images.
+    Returns what run-info.json records: the file, the commands, the accuracy each gives and
+    whether both equal the final record's within `WEIGHTS_TOLERANCE_IMAGES` images.
     """
     python = os.path.join(venv, "bin", "python")
     out_path = os.path.abspath(out_path)
@@ -238,15 +253,26 @@ def export_and_check_weights(
             *(f"--config.{key}={config[key]}" for key in EVAL_KEYS if key in config),
         ]
         measured = json.loads(_run(evaluate, cwd=clone).strip().splitlines()[-1])
-    difference = abs(measured["eval_accuracy"] - final["eval_accuracy"]) * measured["eval_count"]
+    model = config.get("model", "resnet20")  # "resnet20": 20 layers
+    evaluate_torch = [python, "-m", "benchmarks.torch_seed", "evaluate", f"--weights={out_path}"]
+    evaluate_torch += [f"--data_dir={data_dir}", f"--split={config.get('eval_split', 'test')}"]
+    evaluate_torch += [f"--depth={model.removeprefix('resnet')}"]
+    measured_torch = json.loads(_run(evaluate_torch, cwd=REPO_DIR).strip().splitlines()[-1])
+
+    def images_apart(metrics: Mapping[str, Any]) -> float:
+        return abs(metrics["eval_accuracy"] - final["eval_accuracy"]) * metrics["eval_count"]
+
     return {
         "file": os.path.basename(out_path),
         "export_command": " ".join(["python", *export[1:]]),
         "eval_command": " ".join(["python", *evaluate[1:]]).replace(tmp, "EMPTY_DIR"),
         "eval_accuracy": measured["eval_accuracy"],
         "eval_count": measured["eval_count"],
+        "pytorch_eval_command": " ".join(["python", *evaluate_torch[1:]]),
+        "pytorch_eval_accuracy": measured_torch["eval_accuracy"],
         "final_record_eval_accuracy": final["eval_accuracy"],
-        "equals_final_record": difference <= WEIGHTS_TOLERANCE_IMAGES + 1e-9,
+        "equals_final_record": max(images_apart(measured), images_apart(measured_torch))
+        <= WEIGHTS_TOLERANCE_IMAGES + 1e-9,
     }
 
 
@@ -532,13 +558,19 @@ def provenance(runs: Mapping[str, tuple[Mapping[str, Any], Sequence[Mapping[str,
         text = f"- **{label}**: {describe(info, count)}"
         weights = info.get("weights")
         if weights:
-            verdict = "equals" if weights["equals_final_record"] else "DOES NOT equal"
+            agree = weights["equals_final_record"]
             text += (
                 f" Final weights: [`{weights['file']}`]({SUBDIR}/{name}/{weights['file']}) "
                 f"(`{weights['export_command']}`); evaluated with `{weights['eval_command']}` "
-                f"they give {100 * weights['eval_accuracy']:.2f}%, which {verdict} the last "
-                "record's."
+                f"they give {100 * weights['eval_accuracy']:.2f}%"
             )
+            if "pytorch_eval_accuracy" in weights:  # snapshots since the PyTorch check
+                text += (
+                    ", and loaded into the seed's PyTorch model with `strict=True` "
+                    f"(`{weights['pytorch_eval_command']}`, from this repository) "
+                    f"{100 * weights['pytorch_eval_accuracy']:.2f}%"
+                )
+            text += f"; {'as' if agree else '**not** as'} the last record says."
         parts.append(text)
     return "\n".join(parts) + "\n"
 
@@ -732,8 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if weights and not weights["equals_final_record"]:
                 # Not the user's mistake but a finding: exit 1, said in one line.
                 print(
-                    f"the exported weights give {weights['eval_accuracy']} on the test split, "
-                    f"the last record says {weights['final_record_eval_accuracy']}",
+                    f"the exported weights give {weights['eval_accuracy']} (jresnet) and "
+                    f"{weights['pytorch_eval_accuracy']} (PyTorch) on the test split, the last "
+                    f"record says {weights['final_record_eval_accuracy']}",
                     file=sys.stderr,
                 )
                 return 1

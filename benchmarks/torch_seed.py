@@ -36,6 +36,7 @@ where jresnet drops it and makes 390).
 Command lines::
 
     python -m benchmarks.torch_seed train --workdir W --data_dir DIR     # the seed's run
+    python -m benchmarks.torch_seed evaluate --weights W.safetensors --data_dir DIR   # a file
     python -m benchmarks.torch_seed smoke --steps 20 [--channels_last] [--data train.npz]
 """
 
@@ -56,9 +57,9 @@ import torch
 from torch import nn
 
 from benchmarks import torch_checkpoint
-from jresnet import errors, input_pipeline, reporting, safe_files
+from jresnet import errors, input_pipeline, reporting, safe_files, weight_files
 from jresnet import workdir as workdir_lib
-from jresnet.errors import CheckpointError, ConfigError
+from jresnet.errors import CheckpointError, ConfigError, WeightsError
 from jresnet.testing import torch_reference
 
 SEED_MEAN = (0.4914, 0.4822, 0.4465)
@@ -378,6 +379,32 @@ def evaluate(
     return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count, "eval_count": count}
 
 
+def evaluate_weights(
+    path: str, data_dir: str = "", split: str = "test", depth: int = 20
+) -> dict[str, Any]:
+    """A seed-layout weights file evaluated by the seed's PyTorch model, as its user would.
+
+    The file (``.safetensors`` or a PyTorch file, read without unpickling by
+    `jresnet.weight_files`) goes into the seed's ResNet of ``depth`` layers (option B) with
+    ``load_state_dict(strict=True)``; `evaluate` then runs the seed's test pass on ``split``
+    of the TFDS data dir (batches of `EVAL_BATCH_SIZE`). Returns eval loss, accuracy, count.
+
+    Raises:
+      WeightsError: an unreadable file, or one whose names or shapes are not the model's.
+      DataError: the data dir or the split can't be read.
+    """
+    trainer = SeedTrainer(depth=depth)
+    state = {k: torch.as_tensor(v) for k, v in weight_files.load_state_dict_file(path).items()}
+    try:
+        trainer.model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # torch lists every missing, unexpected or misshapen key
+        message = f"{path} is not a seed-layout ResNet-{depth} (option B): {error}"
+        raise WeightsError(message) from error
+    images, labels = input_pipeline.load_split(DATASET, split, data_dir or None)
+    targets = torch.from_numpy(labels.astype(np.int64))
+    return evaluate(trainer, normalized_nchw(images), targets, EVAL_BATCH_SIZE)
+
+
 def train_epoch(trainer: SeedTrainer, loader: torch.utils.data.DataLoader) -> dict[str, Any]:
     """One pass over ``loader`` (the seed's loop): mean batch loss, accuracy, the epoch's
     learning rate, steps, images and seconds (DataLoader start-up included)."""
@@ -546,6 +573,15 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("train", help="the seed's run (200 epochs), resumable exactly")
     run.add_argument("--workdir", required=True)
     _config_flags(run)
+    check = commands.add_parser(
+        "evaluate",
+        help="a seed-layout weights file in the seed's model (strict=True), on a test split; "
+        "prints the metrics as JSON",
+    )
+    check.add_argument("--weights", required=True, help=".safetensors, .pth, .pt or .th file")
+    check.add_argument("--data_dir", default="", help="TFDS data dir (default: TFDS's)")
+    check.add_argument("--split", default="test")
+    check.add_argument("--depth", type=int, default=20, help="6n + 2 layers (20: ResNet-20)")
     smoke = commands.add_parser("smoke", help="a few steps, for a speed check")
     smoke.add_argument("--steps", type=int, default=20)
     smoke.add_argument("--channels_last", action="store_true")
@@ -586,6 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def job() -> None:
         if args.command == "smoke":
             _smoke(args)
+            return
+        if args.command == "evaluate":
+            metrics = evaluate_weights(args.weights, args.data_dir, args.split, args.depth)
+            print(json.dumps(metrics))
             return
         fields = {f.name for f in dataclasses.fields(RunConfig)}
         config = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})

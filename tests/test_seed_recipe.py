@@ -328,6 +328,10 @@ def test_snapshot_of_a_finished_jresnet_run_exports_and_checks_its_weights(tmp_p
     weights = info["weights"]
     assert weights["equals_final_record"] is False
     assert weights["eval_count"] == 40 and 0 <= weights["eval_accuracy"] <= 1
+    # The seed's PyTorch ResNet-8 loads the file (strict=True) and agrees with jresnet on
+    # the 40 test images, to one image of float rounding.
+    assert "--depth=8" in weights["pytorch_eval_command"]
+    assert abs(weights["pytorch_eval_accuracy"] - weights["eval_accuracy"]) * 40 <= 1
     exported = tmp_path / "results/seed-recipe/jresnet" / weights["file"]
     exported_state = weight_files.load_state_dict_file(str(exported))
     expected_state = torch_layouts.flax_to_torch(variables)

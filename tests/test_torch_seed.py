@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from benchmarks import torch_checkpoint, torch_seed
-from jresnet import reporting
-from jresnet.errors import CheckpointError, ConfigError, OutputError
+from jresnet import reporting, weight_files
+from jresnet.errors import CheckpointError, ConfigError, OutputError, WeightsError
 
 # The fields of jresnet's metrics.jsonl records (jresnet.train.end_epoch), in its order.
 JRESNET_RECORD_FIELDS = [
@@ -124,6 +124,20 @@ def test_records_have_jresnet_fields_and_count_the_seed_steps(tmp_path, data_dir
         assert json.load(f)["depth"] == 8
     # A rerun after the last epoch trains nothing and keeps the records.
     assert torch_seed.train(tiny(data_dir), str(tmp_path)) == records
+
+
+def test_a_runs_final_weights_in_a_file_give_its_last_eval(uninterrupted_runs, data_dir, tmp_path):
+    workdir, records = uninterrupted_runs(0)
+    path = str(tmp_path / "final.safetensors")
+    weight_files.save_state_dict_file(
+        {k: v.numpy() for k, v in final_parameters(workdir).items()}, path
+    )
+    metrics = torch_seed.evaluate_weights(path, data_dir, depth=8)
+    last = records[-1]
+    assert metrics == {k: last[k] for k in ("eval_loss", "eval_accuracy", "eval_count")}
+    with pytest.raises(WeightsError, match=r"not a seed-layout ResNet-20 \(option B\)") as error:
+        torch_seed.evaluate_weights(path, data_dir)  # a ResNet-8's weights, not ResNet-20's
+    assert '"layer1.1.conv1.weight"' in str(error.value)  # torch names what is missing
 
 
 def test_eval_matches_the_per_image_test_transform(data_dir):
