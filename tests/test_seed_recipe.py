@@ -342,6 +342,31 @@ def test_snapshot_of_a_finished_jresnet_run_exports_and_checks_its_weights(tmp_p
         assert np.array_equal(np.ravel(exported_state[name]), np.ravel(value)), name
 
 
+@pytest.mark.parametrize("pytorch_accuracy, agree", [(0.8999, True), (0.8990, False)])
+def test_the_weights_must_give_the_last_records_accuracy_in_both_frameworks(
+    pytorch_accuracy, agree, tmp_path, monkeypatch
+):
+    """jresnet's evaluation of the file gives the last record's 90.00%; PyTorch's one image
+    (within rounding) or ten images (a finding) away."""
+    out = tmp_path / "resnet20.safetensors"
+    out.write_bytes(b"exported")  # kept: no export runs
+    evaluations = iter([0.9, pytorch_accuracy])
+    commands = []
+
+    def run(command, cwd=None):
+        commands.append(command)
+        return json.dumps({"eval_accuracy": next(evaluations), "eval_count": 10000})
+
+    monkeypatch.setattr(seed_recipe, "_run", run)
+    weights = seed_recipe.export_and_check_weights(
+        "workdir", "clone", "venv", str(out), {"model": "resnet20"}, {"eval_accuracy": 0.9}
+    )
+    assert commands[0][1] == "train.py" and "--config.eval_only=True" in commands[0]
+    assert commands[1][1:4] == ["-m", "benchmarks.torch_seed", "evaluate"]
+    assert weights["eval_accuracy"] == 0.9 and weights["pytorch_eval_accuracy"] == pytorch_accuracy
+    assert weights["equals_final_record"] is agree
+
+
 def test_the_readmes_seeds_example_is_summarizes_table_of_the_committed_runs(monkeypatch):
     monkeypatch.chdir(REPO)  # the table names the runs by their paths in the repository
     example = os.path.join("results", seed_recipe.SEEDS_SUBDIR)

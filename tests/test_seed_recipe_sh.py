@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from jresnet import workdir
 from tests.conftest import REPO
 
@@ -72,26 +74,45 @@ def test_unknown_commands_get_the_usage(tmp_path):
     )
 
 
-# A stand-in for the runs' venv python: it answers the import check, and as either run's
-# command it writes 200 epoch records into the --workdir it is given while holding the work
-# directory's lock, as a run that trains in no time.
+# A stand-in for the runs' venv python. As either run's command (its arguments name a
+# --workdir) it writes 200 epoch records there while it holds the work directory's lock for
+# FAKE_HOLD_S seconds, as a run that trains in no time; anything else (the import check,
+# pack, snapshot, report) succeeds and does nothing.
 FAKE_PYTHON = """\
 #!/usr/bin/env bash
-[ "$1" = -c ] && exit 0
-while [ "$1" != --workdir ]; do shift; done
-mkdir -p "$2"
-exec flock "$2/.lock" bash -c 'for e in $(seq 200); do echo "{\\"epoch\\": $e}"; done \\
-  > "$1/metrics.jsonl"; sleep 4' _ "$2"
+workdir=""
+while [ $# -gt 0 ]; do [ "$1" = --workdir ] && workdir=$2; shift; done
+[ -n "$workdir" ] || exit 0
+mkdir -p "$workdir"
+exec flock "$workdir/.lock" bash -c 'for e in $(seq 200); do
+  echo "{\\"epoch\\": $e, \\"eval_accuracy\\": 0.5}"; done > "$1/metrics.jsonl"
+  sleep "${FAKE_HOLD_S:-4}"' _ "$workdir"
 """
 
 
-def test_when_jresnets_run_finishes_the_pytorch_run_starts(tmp_path):
+@pytest.fixture
+def fake_venv(tmp_path):
+    """A venv whose python is `FAKE_PYTHON`, and the data dir made as if prepared. Whatever
+    the test leaves running under ``tmp_path`` (a failed test's runs) is killed after it."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text(FAKE_PYTHON)
     (venv / "bin" / "python").chmod(0o755)
-    (tmp_path / "runs" / "tfds" / "cifar10").mkdir(parents=True)  # the data, prepared
-    started = script("start", tmp_path, VENV=str(venv))
+    (tmp_path / "runs" / "tfds" / "cifar10").mkdir(parents=True)
+    yield str(venv)
+    subprocess.run(["pkill", "-f", str(tmp_path)], check=False)
+
+
+def wait_for(condition, seconds=60):
+    """Polls ``condition`` until it holds or ``seconds`` pass; returns its last value."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def test_when_jresnets_run_finishes_the_pytorch_run_starts(tmp_path, fake_venv):
+    started = script("start", tmp_path, VENV=fake_venv)
     assert started.returncode == 0, started.stderr
     assert "started jresnet" in started.stdout
     log = tmp_path / "runs" / "jresnet.log"  # what the background run and its start print
@@ -100,14 +121,24 @@ def test_when_jresnets_run_finishes_the_pytorch_run_starts(tmp_path):
     def torch_epochs():
         return len(torch_records.read_text().splitlines()) if torch_records.exists() else 0
 
-    for _ in range(600):
-        if "started pytorch" in log.read_text() and torch_epochs() == 200:
-            break
-        time.sleep(0.1)
-    assert "=== jresnet has finished" in log.read_text()
-    assert "started pytorch" in log.read_text()  # by itself, holding its work directory's lock
-    assert torch_epochs() == 200
+    assert wait_for(lambda: "started pytorch" in log.read_text() and torch_epochs() == 200)
+    assert "=== jresnet has finished" in log.read_text()  # by itself, nobody called start
     assert (tmp_path / "runs" / "code-torch" / "benchmarks" / "torch_seed.py").exists()
+    assert wait_for(lambda: "running" not in script("status", tmp_path).stdout)  # none left
+
+
+def test_stop_keeps_the_next_run_from_starting_by_itself(tmp_path, fake_venv):
+    started = script("start", tmp_path, VENV=fake_venv, FAKE_HOLD_S="8")
+    assert started.returncode == 0, started.stderr
+    # jresnet has written its 200 records and holds its lock for a few seconds more: stop
+    # waits for it, and when it ends the next run does not start.
+    stopped = script("stop", tmp_path, VENV=fake_venv)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "paused jresnet" in stopped.stdout
+    log = tmp_path / "runs" / "jresnet.log"
+    assert wait_for(lambda: "the next run waits for start" in log.read_text())
+    assert not (tmp_path / "runs" / "pytorch-seed").exists()
+    assert not (tmp_path / "runs" / "code-torch").exists()
 
 
 def test_save_packs_a_live_run_and_stop_pauses_it_first(tmp_path):

@@ -14,14 +14,15 @@
 # unpack: a work directory with the same run as far along or further is kept, any other is
 # moved aside); then starts the run's command in the background (setsid nohup, output
 # appended to RUNS/NAME.log) unless it is running or has finished, and waits until it holds
-# its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself. It
-# refuses to start afresh a run that results/ holds unfinished without a packed state
+# its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself, unless
+# stop came first. It refuses to start afresh a run that results/ holds unfinished without a packed state
 # (FRESH=1 does). `save` packs each run's state with its records (or, once it has finished,
 # removes its resume/), snapshots it into results/ and writes the report and README.md's
 # table (benchmarks.seed_recipe); a live run goes on, and its pack holds its newest complete
 # checkpoint. `stop` first sends each running run SIGTERM and waits for it (jresnet saves
 # inside the epoch; torch_seed loses the epoch in progress). Both leave a run that results/
-# already holds finished alone. Commit results/ and README.md after either.
+# already holds finished alone. Commit results/ and README.md after either. start, save and
+# stop take RUNS/.seed_recipe.lock: one runs at a time.
 # Run it from the repository root.
 # Settings: RUNS (default ~/runs) holds everything, VENV (default RUNS/venv) is the runs'
 # venv, RESULTS (default results) the results directory, CIFAR10_JPEG the tarball to
@@ -36,6 +37,8 @@ CIFAR10_JPEG=${CIFAR10_JPEG:-$REPO/../shared/data/cifar10_jpeg.tar.gz}
 PY=${PYTHON:-python3}
 EPOCHS=200 # the seed recipe's
 STOP_TIMEOUT_S=600 # how long start and stop wait for a run to take or leave its lock
+SCRIPT_LOCK=$RUNS/.seed_recipe.lock # held by start, save and stop: one at a time
+STOPPED=$RUNS/.stopped              # left by stop, removed by start: no next run by itself
 
 clone_of() { if [ "$1" = jresnet ]; then echo "$RUNS/code"; else echo "$RUNS/code-torch"; fi; }
 workdir_of() { echo "$RUNS/$1-seed"; }
@@ -57,10 +60,22 @@ recorded_command() {
 }
 
 # A run holds its work directory's lock (jresnet.workdir) for its whole life, and the lock
-# file names its pid.
+# file names its pid. lslocks lists the locks held without taking one (flock -n would, for
+# an instant in which a starting run would find its work directory in use).
 lock_of() { echo "$(workdir_of "$1")/.lock"; }
-running() { [ -f "$(lock_of "$1")" ] && ! flock -n "$(lock_of "$1")" true; }
+running() { lslocks --noheadings --output PATH | grep -Fxq "$(lock_of "$1")"; }
 pid_of() { sed -n 's/^pid \([0-9]*\) .*/\1/p' "$(lock_of "$1")"; }
+
+# Takes SCRIPT_LOCK on descriptor 9 for the rest of this script's life (the runs it starts
+# do not inherit it), so that start, save and stop never overlap, a chained start included.
+take_script_lock() {
+  mkdir -p "$RUNS"
+  exec 9>>"$SCRIPT_LOCK"
+  if ! flock -w "$STOP_TIMEOUT_S" 9; then
+    echo "another 'bash tools/seed_recipe.sh start|save|stop' holds $SCRIPT_LOCK" >&2
+    exit 1
+  fi
+}
 
 # A JSON field of a file, or nothing if the file or the field is missing.
 json_field() {
@@ -163,13 +178,13 @@ setup() {
 start() {
   local name pid waited
   name=$(current)
-  mkdir -p "$RUNS"
+  rm -f "$STOPPED"
   if running "$name"; then echo "$name is running ($(epochs_done "$name")/$EPOCHS epochs)"; return; fi
   if finished "$name"; then echo "$name has finished"; return; fi
   setup "$name"
   echo "=== start $(date -u) on$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ===" \
     >>"$RUNS/$name.log"
-  setsid nohup bash "$REPO/tools/seed_recipe.sh" run "$name" >>"$RUNS/$name.log" 2>&1 &
+  setsid nohup bash "$REPO/tools/seed_recipe.sh" run "$name" >>"$RUNS/$name.log" 2>&1 9>&- &
   pid=$!
   # Started once it holds its work directory's lock (after its imports), or has finished.
   waited=0
@@ -186,16 +201,23 @@ start() {
 }
 
 # What start runs in the background: the run's command from its clone, then, once jresnet's
-# run has finished, start again, which starts PyTorch's (no sitting lost between the two).
+# run has finished (and exited 0), start again, which starts PyTorch's (no sitting lost
+# between the two) unless stop came first.
 run() {
   local name=$1 status=0
   cd "$(clone_of "$name")"
   # shellcheck disable=SC2046  # the command's words, as command_of prints them
   PATH="$VENV/bin:$PATH" $(command_of "$name") || status=$?
   cd "$REPO"
-  if [ "$name" = jresnet ] && finished_here jresnet; then
-    echo "=== jresnet has finished $(date -u): starting the next run ==="
-    start
+  if [ "$name" = jresnet ] && [ "$status" = 0 ] && finished_here jresnet; then
+    take_script_lock
+    if [ -e "$STOPPED" ]; then
+      echo "=== jresnet has finished $(date -u); stopped: the next run waits for start ==="
+    else
+      echo "=== jresnet has finished $(date -u): starting the next run ==="
+      unset FRESH # the first run's setting, not the next one's
+      start
+    fi
   fi
   return "$status"
 }
@@ -245,6 +267,7 @@ save() {
 
 stop() {
   local name
+  touch "$STOPPED"
   for name in jresnet pytorch; do
     if [ -d "$(workdir_of "$name")" ] && ! committed_finished "$name"; then pause "$name"; fi
   done
@@ -257,7 +280,7 @@ status() {
   for name in jresnet pytorch; do
     state="no work directory"
     [ -d "$(workdir_of "$name")" ] && state=$(epochs_done "$name" progress)
-    running "$name" && state="$state, running (pid $(pid_of "$name"))"
+    running "$name" && state="$state, running (pid $(pid_of "$name" 2>/dev/null || true))"
     [ -f "$(results_of "$name")/resume/state.json" ] && state="$state; a packed state waits"
     echo "$name: $state"
   done
@@ -265,8 +288,13 @@ status() {
 
 # Each branch ends in exit: a run's bash reads no further even if this file changes under it.
 case "${1:-}" in
-  start | save | stop | status)
+  start | save | stop)
+    take_script_lock
     "$1"
+    exit
+    ;;
+  status)
+    status
     exit
     ;;
   run)
