@@ -63,7 +63,7 @@ recorded_command() {
 # file names its pid. lslocks lists the locks held without taking one (flock -n would, for
 # an instant in which a starting run would find its work directory in use).
 lock_of() { echo "$(workdir_of "$1")/.lock"; }
-running() { lslocks --noheadings --output PATH | grep -Fxq "$(lock_of "$1")"; }
+running() { lslocks --noheadings --output PATH | grep -Fxq "$(realpath -m "$(lock_of "$1")")"; }
 pid_of() { sed -n 's/^pid \([0-9]*\) .*/\1/p' "$(lock_of "$1")"; }
 
 # Takes SCRIPT_LOCK on descriptor 9 for the rest of this script's life (the runs it starts
