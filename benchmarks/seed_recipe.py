@@ -199,6 +199,11 @@ def _run(command: Sequence[str], cwd: str | None = None) -> str:
     return result.stdout
 
 
+def _run_json(command: Sequence[str], cwd: str | None = None) -> dict[str, Any]:
+    """The JSON object that `_run` (``command``) prints on its last line of stdout."""
+    return json.loads(_run(command, cwd).strip().splitlines()[-1])
+
+
 _VERSIONS_SCRIPT = """
 import json, platform
 from importlib import metadata
@@ -252,12 +257,12 @@ def export_and_check_weights(
             f"--config.data_dir={data_dir}",
             *(f"--config.{key}={config[key]}" for key in EVAL_KEYS if key in config),
         ]
-        measured = json.loads(_run(evaluate, cwd=clone).strip().splitlines()[-1])
+        measured = _run_json(evaluate, cwd=clone)
     model = config.get("model", "resnet20")  # "resnet20": 20 layers
     evaluate_torch = [python, "-m", "benchmarks.torch_seed", "evaluate", f"--weights={out_path}"]
     evaluate_torch += [f"--data_dir={data_dir}", f"--split={config.get('eval_split', 'test')}"]
     evaluate_torch += [f"--depth={model.removeprefix('resnet')}"]
-    measured_torch = json.loads(_run(evaluate_torch, cwd=REPO_DIR).strip().splitlines()[-1])
+    measured_torch = _run_json(evaluate_torch, cwd=REPO_DIR)
 
     def images_apart(metrics: Mapping[str, Any]) -> float:
         return abs(metrics["eval_accuracy"] - final["eval_accuracy"]) * metrics["eval_count"]

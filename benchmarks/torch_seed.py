@@ -354,6 +354,13 @@ def _changed_keys(saved: Mapping[str, Any], config: RunConfig) -> list[str]:
     ]
 
 
+def eval_tensors(split: str, data_dir: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """``split`` of the TFDS data dir as the seed's test pass takes it: `normalized_nchw`
+    inputs ``[N, 3, 32, 32]`` and int64 targets ``[N]``."""
+    images, labels = input_pipeline.load_split(DATASET, split, data_dir or None)
+    return normalized_nchw(images), torch.from_numpy(labels.astype(np.int64))
+
+
 def normalized_nchw(images: np.ndarray) -> torch.Tensor:
     """The seed's test transform on a whole split: uint8 ``[N, 32, 32, 3]`` -> float32
     ``[N, 3, 32, 32]`` normalised (the same operations as `test_transform` per image)."""
@@ -400,9 +407,7 @@ def evaluate_weights(
     except RuntimeError as error:  # torch lists every missing, unexpected or misshapen key
         message = f"{path} is not a seed-layout ResNet-{depth} (option B): {error}"
         raise WeightsError(message) from error
-    images, labels = input_pipeline.load_split(DATASET, split, data_dir or None)
-    targets = torch.from_numpy(labels.astype(np.int64))
-    return evaluate(trainer, normalized_nchw(images), targets, EVAL_BATCH_SIZE)
+    return evaluate(trainer, *eval_tensors(split, data_dir), EVAL_BATCH_SIZE)
 
 
 def train_epoch(trainer: SeedTrainer, loader: torch.utils.data.DataLoader) -> dict[str, Any]:
@@ -466,9 +471,7 @@ def train(config: RunConfig, workdir: str) -> list[dict[str, Any]]:
         train_images, train_labels = input_pipeline.load_split(
             DATASET, config.train_split, data_dir
         )
-        eval_images, eval_labels = input_pipeline.load_split(DATASET, config.eval_split, data_dir)
-        eval_inputs = normalized_nchw(eval_images)
-        eval_targets = torch.from_numpy(eval_labels.astype(np.int64))
+        eval_inputs, eval_targets = eval_tensors(config.eval_split, config.data_dir)
 
         random.seed(config.seed)
         np.random.seed(config.seed)  # noqa: NPY002 (the global state the seed's code sees)

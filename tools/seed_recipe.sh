@@ -15,8 +15,8 @@
 # moved aside); then starts the run's command in the background (setsid nohup, output
 # appended to RUNS/NAME.log) unless it is running or has finished, and waits until it holds
 # its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself, unless
-# stop came first. It refuses to start afresh a run that results/ holds unfinished without a packed state
-# (FRESH=1 does). `save` packs each run's state with its records (or, once it has finished,
+# stop came first. It refuses to start afresh a run that results/ holds unfinished without
+# a packed state (FRESH=1 does). `save` packs each run's state with its records (or, once it has finished,
 # removes its resume/), snapshots it into results/ and writes the report and README.md's
 # table (benchmarks.seed_recipe); a live run goes on, and its pack holds its newest complete
 # checkpoint. `stop` first sends each running run SIGTERM and waits for it (jresnet saves
@@ -60,11 +60,12 @@ recorded_command() {
 }
 
 # A run holds its work directory's lock (jresnet.workdir) for its whole life, and the lock
-# file names its pid. lslocks lists the locks held without taking one (flock -n would, for
-# an instant in which a starting run would find its work directory in use).
+# file names its pid (pid_of: nothing once the run has removed it). lslocks lists the locks
+# held without taking one (flock -n would, for an instant in which a starting run would
+# find its work directory in use).
 lock_of() { echo "$(workdir_of "$1")/.lock"; }
 running() { lslocks --noheadings --output PATH | grep -Fxq "$(realpath -m "$(lock_of "$1")")"; }
-pid_of() { sed -n 's/^pid \([0-9]*\) .*/\1/p' "$(lock_of "$1")"; }
+pid_of() { sed -n 's/^pid \([0-9]*\) .*/\1/p' "$(lock_of "$1")" 2>/dev/null || true; }
 
 # Takes SCRIPT_LOCK on descriptor 9 for the rest of this script's life (the runs it starts
 # do not inherit it), so that start, save and stop never overlap, a chained start included.
@@ -197,7 +198,7 @@ start() {
     sleep 1
     waited=$((waited + 1))
   done
-  echo "started $name (pid $(pid_of "$name" 2>/dev/null || true)) after $(epochs_done "$name")/$EPOCHS epochs; log: $RUNS/$name.log"
+  echo "started $name (pid $(pid_of "$name")) after $(epochs_done "$name")/$EPOCHS epochs; log: $RUNS/$name.log"
 }
 
 # What start runs in the background: the run's command from its clone, then, once jresnet's
@@ -226,7 +227,7 @@ run() {
 pause() {
   local name=$1 pid waited=0
   running "$name" || return 0
-  pid=$(pid_of "$name" 2>/dev/null || true)
+  pid=$(pid_of "$name")
   [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
   while running "$name"; do
     if [ "$waited" -ge "$STOP_TIMEOUT_S" ]; then
@@ -280,7 +281,7 @@ status() {
   for name in jresnet pytorch; do
     state="no work directory"
     [ -d "$(workdir_of "$name")" ] && state=$(epochs_done "$name" progress)
-    running "$name" && state="$state, running (pid $(pid_of "$name" 2>/dev/null || true))"
+    running "$name" && state="$state, running (pid $(pid_of "$name"))"
     [ -f "$(results_of "$name")/resume/state.json" ] && state="$state; a packed state waits"
     echo "$name: $state"
   done
