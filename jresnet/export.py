@@ -5,6 +5,10 @@ Command line::
     python -m jresnet.export WORKDIR_OR_NAME model.onnx [--input_layout NCHW] [--opset 18]
     python -m jresnet.export WORKDIR_OR_NAME model.jax.bin [--platforms cpu,cuda,tpu]
 
+``WORKDIR_OR_NAME`` is any weights source `jresnet.weights.load` resolves: a jresnet
+work directory, a published weights name (`jresnet.pretrained`) or a PyTorch or
+safetensors file.
+
 Both export ``logits = f(images)`` in eval mode (BatchNorm running statistics,
 weights baked in as constants) with a dynamic batch dimension:
 
@@ -190,7 +194,9 @@ def _main(argv: Sequence[str] | None) -> int:
         description="Export a model's eval function as ONNX (OUT ending in .onnx) or as a "
         "serialized jax.export artifact (any other OUT).",
     )
-    parser.add_argument("source", metavar="WORKDIR_OR_NAME", help="work directory or weights name")
+    parser.add_argument(
+        "source", metavar="WORKDIR_OR_NAME", help="work directory, weights name or weights file"
+    )
     parser.add_argument("out", metavar="OUT", help="model.onnx, or e.g. model.jax.bin")
     parser.add_argument("--input_layout", choices=INPUT_LAYOUTS, default="NHWC")
     parser.add_argument(

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jresnet import checkpoint, datasets, export
+from jresnet import checkpoint, datasets, export, torch_layouts, weight_files
 from jresnet.configs import default
 from jresnet.errors import ConfigError
 from tests.conftest import model_with_random_statistics
@@ -105,6 +105,23 @@ def test_cli_stablehlo_runs_without_jresnet(tmp_path) -> None:
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
     np.testing.assert_allclose(
         np.load(tmp_path / "logits.npy"),
+        np.asarray(model.apply(variables, x, train=False)),
+        atol=1e-5,
+    )
+
+
+def test_cli_exports_a_seed_layout_weights_file(tmp_path) -> None:
+    """A .safetensors file in the seed's PyTorch names (what `jresnet.convert` writes and
+    results/seed-recipe commits) exports without a work directory around it."""
+    model, variables = model_with_random_statistics("B")
+    weights = tmp_path / "resnet8.safetensors"
+    weight_files.save_state_dict_file(torch_layouts.flax_to_torch(variables), weights)
+    out = tmp_path / "model.jax.bin"
+    assert export.main([str(weights), str(out), "--platforms", "cpu"]) == 0
+    exported = jax.export.deserialize(bytearray(out.read_bytes()))
+    x = np.random.default_rng(5).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(exported.call(x)),
         np.asarray(model.apply(variables, x, train=False)),
         atol=1e-5,
     )
