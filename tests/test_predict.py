@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jresnet import checkpoint, datasets, models, predict
+from jresnet import checkpoint, datasets, models, predict, torch_layouts, weight_files
 from jresnet.configs import default
 from jresnet.datasets import NORMALIZATIONS
 from jresnet.errors import ImageError
@@ -112,6 +112,25 @@ def test_cli_prints_top5_with_class_names_and_resize_notes(tmp_path, capsys) -> 
     assert "(" not in lines[0]  # 32x32 RGB: nothing changed
     assert "converted from L to RGB" in lines[1]
     assert "center-cropped to 48x48, resized from 64x48 to 32x32" in lines[1]
+
+
+def test_cli_reads_a_seed_layout_weights_file_as_its_work_directory(tmp_path, capsys) -> None:
+    """A .safetensors file in the seed's PyTorch names (what `jresnet.convert` writes and
+    results/seed-recipe commits) predicts what the work directory of the same weights does."""
+    variables = model_with_random_statistics()[1]
+    workdir = workdir_with(tmp_path, variables)
+    weights = tmp_path / "resnet8.safetensors"
+    weight_files.save_state_dict_file(torch_layouts.flax_to_torch(variables), weights)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+        image
+    )
+    outputs = []
+    for source in (workdir, weights):
+        assert predict.main([str(source), str(image), "--top", "10"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert len(re.findall(r"\w+ [\d.]+%", outputs[1])) == 10
 
 
 def test_cli_uses_cifar100_names(tmp_path, capsys) -> None:
