@@ -467,9 +467,8 @@ def train(config: RunConfig, workdir: str) -> list[dict[str, Any]]:
             os.path.join(path, CONFIG_FILE),
             json.dumps(dataclasses.asdict(config), indent=2).encode(),
         )
-        data_dir = config.data_dir or None
         train_images, train_labels = input_pipeline.load_split(
-            DATASET, config.train_split, data_dir
+            DATASET, config.train_split, config.data_dir or None
         )
         eval_inputs, eval_targets = eval_tensors(config.eval_split, config.data_dir)
 

@@ -16,13 +16,13 @@
 # appended to RUNS/NAME.log) unless it is running or has finished, and waits until it holds
 # its work directory's lock. When jresnet's run finishes, PyTorch's starts by itself, unless
 # stop came first. It refuses to start afresh a run that results/ holds unfinished without
-# a packed state (FRESH=1 does). `save` packs each run's state with its records (or, once it has finished,
-# removes its resume/), snapshots it into results/ and writes the report and README.md's
-# table (benchmarks.seed_recipe); a live run goes on, and its pack holds its newest complete
-# checkpoint. `stop` first sends each running run SIGTERM and waits for it (jresnet saves
-# inside the epoch; torch_seed loses the epoch in progress). Both leave a run that results/
-# already holds finished alone. Commit results/ and README.md after either. start, save and
-# stop take RUNS/.seed_recipe.lock: one runs at a time.
+# a packed state (FRESH=1 does). `save` packs each run's state with its records (or, once
+# it has finished, removes its resume/), snapshots it into results/ and writes the report
+# and README.md's table (benchmarks.seed_recipe); a live run goes on, and its pack holds its
+# newest complete checkpoint. `stop` first sends each running run SIGTERM and waits for it
+# (jresnet saves inside the epoch; torch_seed loses the epoch in progress). Both leave a run
+# that results/ already holds finished alone. Commit results/ and README.md after either.
+# start, save and stop take RUNS/.seed_recipe.lock: one runs at a time.
 # Run it from the repository root.
 # Settings: RUNS (default ~/runs) holds everything, VENV (default RUNS/venv) is the runs'
 # venv, RESULTS (default results) the results directory, CIFAR10_JPEG the tarball to
