@@ -39,6 +39,10 @@ def max_abs_diff(a, b) -> float:
     )
 
 
+def variables(state: steps.TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def main() -> None:
     assert jax.device_count() == 2, jax.devices()
     rng = np.random.default_rng(0)
@@ -46,8 +50,11 @@ def main() -> None:
     labels = rng.integers(0, 10, 16).astype(np.int32)
     key = jax.random.key(1)
 
-    # The host's batches of the split below: 2 steps of 6 from 15 rows, 3 dropped.
-    host = list(input_pipeline.train_batches(images[:15], labels[:15], 6, seed=3, epoch=0))
+    # The split: 15 rows (the second device's block ends in a padding row), in the order of
+    # seed 3; 2 steps of 6, 3 dropped. Its batches as the host makes them:
+    num_rows, batch_size, seed = 15, 6, 3
+    split_images, split_labels = images[:num_rows], labels[:num_rows]
+    host = list(input_pipeline.train_batches(split_images, split_labels, batch_size, seed, epoch=0))
     host_images, host_labels = np.stack([b[0] for b in host]), np.stack([b[1] for b in host])
     results, split_results, host_results = {}, {}, {}
     for n in (1, 2):
@@ -59,26 +66,27 @@ def main() -> None:
         batch = parallel.global_batch((images[None], labels[None]), mesh, batch_axis=1)
         state, metrics = step(state, *batch, key)
         metrics = jax.tree.map(lambda m: m[0], metrics)
-        results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
+        results[n] = (variables(state), metrics)
 
-        # 15 rows: the second device's block ends in a padding row; 2 steps of 6, 3 dropped.
         split_step = steps.make_train_fn(
-            **args, steps_per_call=2, split=steps.DeviceSplit(num_examples=15, batch_size=6)
+            **args,
+            steps_per_call=2,
+            split=steps.DeviceSplit(num_examples=num_rows, batch_size=batch_size),
         )
-        split = parallel.shard_rows(images[:15], mesh), parallel.shard_rows(labels[:15], mesh)
+        split = parallel.shard_rows(split_images, mesh), parallel.shard_rows(split_labels, mesh)
         state, metrics = split_step(
             parallel.replicate(jax.tree.map(jnp.copy, init), mesh),
             *split,
             key,
-            input_pipeline.data_order_key(3),
+            input_pipeline.data_order_key(seed),
         )
-        split_results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
+        split_results[n] = (variables(state), metrics["loss"])
         host_step = steps.make_train_fn(**args, steps_per_call=2)
         batches = parallel.global_batch((host_images, host_labels), mesh, batch_axis=1)
         state, metrics = host_step(
             parallel.replicate(jax.tree.map(jnp.copy, init), mesh), *batches, key
         )
-        host_results[n] = ({"params": state.params, "batch_stats": state.batch_stats}, metrics)
+        host_results[n] = (variables(state), metrics["loss"])
 
     model, tx, lr_fn = args["model"], args["tx"], args["learning_rate_fn"]
     mean, std = args["mean"], args["std"]
@@ -94,9 +102,7 @@ def main() -> None:
     pstate, pmetrics = pmapped(
         replicated, {"image": x.reshape(2, 8, 32, 32, 3), "label": labels.reshape(2, 8)}
     )
-    pvars = jax.tree.map(
-        lambda a: a[0], {"params": pstate.params, "batch_stats": pstate.batch_stats}
-    )
+    pvars = jax.tree.map(lambda a: a[0], variables(pstate))
     devices_agree = max_abs_diff(
         jax.tree.map(lambda a: a[0], pstate.params), jax.tree.map(lambda a: a[1], pstate.params)
     )
@@ -111,14 +117,10 @@ def main() -> None:
                 "pmap_loss_vs_1": abs(float(pmetrics["loss"][0]) - float(results[1][1]["loss"])),
                 "params_changed_by": changed,
                 "split_vs_host_batches": max(
-                    max(
-                        max_abs_diff(split_results[n][0], host_results[n][0]),
-                        max_abs_diff(split_results[n][1]["loss"], host_results[n][1]["loss"]),
-                    )
-                    for n in (1, 2)
+                    max_abs_diff(split_results[n], host_results[n]) for n in (1, 2)
                 ),
                 "split_first_loss_2_vs_1": abs(
-                    float(split_results[2][1]["loss"][0]) - float(split_results[1][1]["loss"][0])
+                    float(split_results[2][1][0]) - float(split_results[1][1][0])
                 ),
             }
         )
